@@ -1,0 +1,33 @@
+//! State shared by the HTTP handlers and the connection tasks.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Verifier;
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::hub::HubHandle;
+use crate::metrics::Metrics;
+
+/// Everything a handler or connection needs, behind one `Arc`.
+pub struct AppState {
+    /// The configuration.
+    pub config: Config,
+    /// The hub actor.
+    pub hub: HubHandle,
+    /// Where publishes and history go.
+    pub engine: Arc<dyn Engine>,
+    /// JWT verifier, when a key is configured.
+    pub verifier: Option<Verifier>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Start time, for uptime.
+    pub started: Instant,
+    /// Cancelled when shutdown begins: new requests get 503.
+    pub shutdown: CancellationToken,
+    /// Tracks connection tasks so shutdown can wait for them.
+    pub connections: TaskTracker,
+}

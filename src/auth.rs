@@ -1,0 +1,300 @@
+//! Identity and permissions: JWT verification for clients, the API-key/loopback rule for
+//! publishers and admin endpoints, and the subscribe permission rules.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use crate::namespace::{Namespaces, SubscribeRule};
+use crate::protocol::{BROADCAST, ChannelNameError, validate_channel};
+
+/// Seconds of clock skew tolerated on `exp`.
+pub const EXP_LEEWAY_S: u64 = 30;
+
+/// Who a connection is: anonymous, or the claims of a verified token.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// The token's `sub`, as a string.
+    pub user: Option<String>,
+    /// Roles from `role` and `roles`.
+    pub roles: Vec<String>,
+    /// Extra channel patterns from the `channels` claim.
+    pub channels: Vec<String>,
+    /// Expiry, Unix seconds.
+    pub exp: Option<u64>,
+}
+
+impl Identity {
+    /// The automatic streams of this identity: `broadcast`, `user:{sub}`, `role:{r}`.
+    pub fn auto_streams(&self) -> Vec<String> {
+        let mut streams = vec![BROADCAST.to_string()];
+        streams.extend(self.user.iter().map(|u| format!("user:{u}")));
+        streams.extend(self.roles.iter().map(|r| format!("role:{r}")));
+        streams
+    }
+
+    /// The first role, reported as `role` in `hub:connected`.
+    pub fn role(&self) -> Option<&str> {
+        self.roles.first().map(String::as_str)
+    }
+
+    /// True for a connection with a verified token.
+    pub fn is_authenticated(&self) -> bool {
+        self.user.is_some()
+    }
+}
+
+/// Why a token was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No JWT key is configured, so tokens cannot be checked.
+    #[error("this hub has no JWT key configured")]
+    NotConfigured,
+    /// The token is past its `exp`.
+    #[error("token expired")]
+    Expired,
+    /// Signature, algorithm, format or claims are wrong.
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    /// The key file could not be used.
+    #[error("JWT public key {path}: {message}")]
+    Key {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StringOrNumber {
+    S(String),
+    N(serde_json::Number),
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: StringOrNumber,
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    roles: Vec<String>,
+    #[serde(default)]
+    channels: Vec<String>,
+    exp: u64,
+}
+
+/// Verifies client JWTs with the configured key.
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl Verifier {
+    /// An HS256 verifier.
+    pub fn hs256(secret: &str) -> Self {
+        Self::new(DecodingKey::from_secret(secret.as_bytes()), Algorithm::HS256)
+    }
+
+    /// An RS256 or ES256 verifier from a PEM public key file.
+    pub fn from_pem_file(path: &Path) -> Result<Self, AuthError> {
+        let key_err = |message: String| AuthError::Key { path: path.display().to_string(), message };
+        let pem = std::fs::read(path).map_err(|e| key_err(e.to_string()))?;
+        if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
+            return Ok(Self::new(key, Algorithm::RS256));
+        }
+        DecodingKey::from_ec_pem(&pem)
+            .map(|key| Self::new(key, Algorithm::ES256))
+            .map_err(|e| key_err(format!("not an RSA or EC public key in PEM form: {e}")))
+    }
+
+    fn new(key: DecodingKey, alg: Algorithm) -> Self {
+        let mut validation = Validation::new(alg);
+        validation.leeway = EXP_LEEWAY_S;
+        validation.validate_aud = false;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Self { key, validation }
+    }
+
+    /// Checks a token and returns the identity it proves.
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
+            match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                _ => AuthError::Invalid(e.to_string()),
+            }
+        })?;
+        let c = data.claims;
+        let user = match c.sub {
+            StringOrNumber::S(s) => s,
+            StringOrNumber::N(n) => n.to_string(),
+        };
+        if user.is_empty() {
+            return Err(AuthError::Invalid("empty sub".into()));
+        }
+        let mut roles: Vec<String> = c.role.into_iter().chain(c.roles).filter(|r| !r.is_empty()).collect();
+        roles.dedup();
+        Ok(Identity { user: Some(user), roles, channels: c.channels, exp: Some(c.exp) })
+    }
+}
+
+/// Why a subscribe is refused; the text goes to the client in `hub:error`.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SubscribeError {
+    /// Invalid name.
+    #[error("{0}")]
+    BadName(#[from] ChannelNameError),
+    /// A reserved name that cannot be subscribed.
+    #[error("channel {0:?} is reserved")]
+    Reserved(String),
+    /// The rules do not allow this connection.
+    #[error("not allowed to subscribe to {0:?}")]
+    Forbidden(String),
+}
+
+impl SubscribeError {
+    /// The `hub:error` code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadName(_) => "bad_channel",
+            Self::Reserved(_) | Self::Forbidden(_) => "forbidden",
+        }
+    }
+}
+
+/// Decides whether `who` may subscribe to `channel` (see docs/PROTOCOL.md, permissions).
+pub fn may_subscribe(who: &Identity, channel: &str, namespaces: &Namespaces) -> Result<(), SubscribeError> {
+    validate_channel(channel)?;
+    let forbidden = || SubscribeError::Forbidden(channel.to_string());
+    if channel == BROADCAST || channel.starts_with("hub:") {
+        return Err(SubscribeError::Reserved(channel.to_string()));
+    }
+    if claim_allows(who, channel) {
+        return Ok(());
+    }
+    if let Some(user) = channel.strip_prefix("user:") {
+        return if who.user.as_deref() == Some(user) { Ok(()) } else { Err(forbidden()) };
+    }
+    if let Some(role) = channel.strip_prefix("role:") {
+        return if who.roles.iter().any(|r| r == role) { Ok(()) } else { Err(forbidden()) };
+    }
+    if channel.starts_with("private:") {
+        return Err(forbidden());
+    }
+    if channel.starts_with("admin:") {
+        return if who.roles.iter().any(|r| r == "admin") { Ok(()) } else { Err(forbidden()) };
+    }
+    let allowed = match namespaces.find(channel) {
+        None => true,
+        Some(ns) => match ns.subscribe {
+            SubscribeRule::Any => true,
+            SubscribeRule::Authenticated => who.is_authenticated(),
+            SubscribeRule::Roles => who.roles.iter().any(|r| ns.roles.contains(r)),
+            SubscribeRule::Claim => false,
+        },
+    };
+    if allowed { Ok(()) } else { Err(forbidden()) }
+}
+
+/// True when the token's `channels` claim has a pattern matching `channel`.
+fn claim_allows(who: &Identity, channel: &str) -> bool {
+    who.channels.iter().any(|p| glob_match(p, channel))
+}
+
+/// Matches `*` as any run of characters; everything else literally.
+fn glob_match(pattern: &str, text: &str) -> bool {
+    let Some((first, rest)) = pattern.split_once('*') else {
+        return pattern == text;
+    };
+    let Some(mut remaining) = text.strip_prefix(first) else {
+        return false;
+    };
+    let mut parts: Vec<&str> = rest.split('*').collect();
+    let last = parts.pop().unwrap_or("");
+    for part in parts {
+        match remaining.find(part) {
+            Some(i) => remaining = &remaining[i + part.len()..],
+            None => return false,
+        }
+    }
+    remaining.len() >= last.len() && remaining.ends_with(last)
+}
+
+/// Why a publisher or admin request is refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ApiKeyError {
+    /// A key is configured and the request did not present it.
+    #[error("missing or wrong API key: send Authorization: Bearer <key> or X-API-Key")]
+    Unauthorized,
+    /// No key is configured and the request is not from loopback.
+    #[error("no API key is configured, so only loopback clients may publish or administer; start wshub with --api-key (or WSHUB_API_KEY) to allow remote publishers")]
+    NotLoopback,
+}
+
+/// Applies the publisher rule: the configured key (compared in constant time), else loopback only.
+pub fn check_api_key(configured: Option<&str>, presented: Option<&str>, peer: SocketAddr) -> Result<(), ApiKeyError> {
+    match configured {
+        Some(key) => match presented {
+            Some(p) if constant_time_eq(key.as_bytes(), p.as_bytes()) => Ok(()),
+            _ => Err(ApiKeyError::Unauthorized),
+        },
+        None if peer.ip().is_loopback() => Ok(()),
+        None => Err(ApiKeyError::NotLoopback),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(sub: &str, roles: &[&str]) -> Identity {
+        Identity { user: Some(sub.into()), roles: roles.iter().map(|r| r.to_string()).collect(), ..Default::default() }
+    }
+
+    #[test]
+    fn subscribe_rules() {
+        let ns = Namespaces::default();
+        let alice = user("alice", &["customer"]);
+        assert!(may_subscribe(&alice, "user:alice", &ns).is_ok());
+        assert!(may_subscribe(&alice, "user:bob", &ns).is_err());
+        assert!(may_subscribe(&alice, "role:customer", &ns).is_ok());
+        assert!(may_subscribe(&alice, "role:admin", &ns).is_err());
+        assert!(may_subscribe(&alice, "private:x", &ns).is_err());
+        assert!(may_subscribe(&alice, "service:12", &ns).is_ok());
+        assert!(may_subscribe(&Identity::default(), "service:12", &ns).is_ok());
+        assert_eq!(may_subscribe(&alice, "broadcast", &ns), Err(SubscribeError::Reserved("broadcast".into())));
+        assert!(matches!(may_subscribe(&alice, "bad name", &ns), Err(SubscribeError::BadName(_))));
+        let claimed = Identity { channels: vec!["private:team-*".into()], ..alice };
+        assert!(may_subscribe(&claimed, "private:team-7", &ns).is_ok());
+        assert!(may_subscribe(&claimed, "private:other", &ns).is_err());
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("a*", "abc"));
+        assert!(glob_match("*c", "abc"));
+        assert!(glob_match("a*c*e", "abcde"));
+        assert!(!glob_match("a*c", "ab"));
+        assert!(glob_match("exact", "exact"));
+        assert!(!glob_match("ab*b", "ab"));
+    }
+
+    #[test]
+    fn api_key_rule() {
+        let lo: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        let remote: SocketAddr = "192.0.2.1:1".parse().expect("addr");
+        assert_eq!(check_api_key(None, None, lo), Ok(()));
+        assert_eq!(check_api_key(None, None, remote), Err(ApiKeyError::NotLoopback));
+        assert_eq!(check_api_key(Some("k"), Some("k"), remote), Ok(()));
+        assert_eq!(check_api_key(Some("k"), Some("x"), lo), Err(ApiKeyError::Unauthorized));
+        assert_eq!(check_api_key(Some("k"), None, lo), Err(ApiKeyError::Unauthorized));
+    }
+}

@@ -1,0 +1,99 @@
+//! Process statistics and process setup: RSS and CPU time of another process read from `/proc`,
+//! this process's own CPU time (`getrusage`), the open-file limit and CPU affinity.
+
+use anyhow::{Context, Result, bail};
+
+/// Resident set size of process `pid` in bytes (`VmRSS` in `/proc/PID/status`).
+pub fn rss_bytes(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("VmRSS:") {
+            let kb: u64 = rest
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .with_context(|| format!("parsing VmRSS line {line:?}"))?;
+            return Ok(kb * 1024);
+        }
+    }
+    bail!("no VmRSS in {path}")
+}
+
+/// CPU seconds (user + system) consumed so far by process `pid` and all its threads
+/// (`utime` + `stime` in `/proc/PID/stat`).
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The command name (field 2) may contain spaces: the fields after it follow the last ')'.
+    let after = text
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .with_context(|| format!("malformed {path}"))?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // `after` starts at field 3 (state); utime is field 14 and stime field 15.
+    let utime: u64 = fields.get(11).context("no utime")?.parse()?;
+    let stime: u64 = fields.get(12).context("no stime")?.parse()?;
+    Ok((utime + stime) as f64 / clock_ticks_per_second())
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as f64 } else { 100.0 }
+}
+
+/// CPU seconds (user + system) consumed so far by this process (`getrusage(RUSAGE_SELF)`).
+pub fn self_cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct we pass; RUSAGE_SELF is always valid.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    if rc != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit; returns the new soft limit.
+pub fn raise_nofile_limit() -> Result<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        bail!("getrlimit: {}", std::io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            bail!("setrlimit: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// Pins this process (its calling thread and every thread or child created afterwards) to `core`.
+pub fn pin_to_core(core: usize) -> Result<()> {
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it; sched_setaffinity reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            bail!("sched_setaffinity(core {core}): {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Number of CPUs online.
+pub fn online_cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Nanoseconds since the UNIX epoch on `CLOCK_REALTIME`: the clock shared by every bench process.
+pub fn unix_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}

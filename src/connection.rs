@@ -1,0 +1,354 @@
+//! One WebSocket connection: a reader (this task) and a writer (spawned). Only the writer writes.
+//! The reader enforces the size limit and keep-alive deadline and turns frames into hub commands;
+//! the writer drains the bounded send queue, flushing a backlog with one write, and pings.
+//! Either side ending stops the other through the shared close signal.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::app::AppState;
+use crate::auth::{AuthError, EXP_LEEWAY_S, Identity, may_subscribe};
+use crate::engine::NewEvent;
+use crate::hub::{Command, ConnId, NewConn, Outbound, Resume};
+use crate::protocol::{ClientMessage, CloseReason, error_frame, now_rfc3339, to_frame, validate_channel};
+
+/// Most frames the writer sends with one flush.
+const MAX_BATCH: usize = 64;
+/// Time allowed for the close frame once a connection is being closed.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// State shared by a connection's two tasks and the hub: the close signal and last activity.
+pub struct ConnShared {
+    token: CancellationToken,
+    reason: AtomicU16,
+    last_activity_ms: AtomicU64,
+}
+
+impl ConnShared {
+    fn new() -> Self {
+        Self { token: CancellationToken::new(), reason: AtomicU16::new(0), last_activity_ms: AtomicU64::new(unix_ms()) }
+    }
+
+    /// Closes the connection with `reason` (the first reason given wins).
+    pub fn close(&self, reason: CloseReason) {
+        let _ = self.reason.compare_exchange(0, reason.code(), Ordering::AcqRel, Ordering::Acquire);
+        self.token.cancel();
+    }
+
+    /// Ends both tasks without a close frame (the peer is gone).
+    fn stop(&self) {
+        self.token.cancel();
+    }
+
+    fn reason(&self) -> Option<CloseReason> {
+        CloseReason::from_code(self.reason.load(Ordering::Acquire))
+    }
+
+    fn touch(&self) {
+        self.last_activity_ms.store(unix_ms(), Ordering::Relaxed);
+    }
+
+    /// Unix ms of the last frame received.
+    pub fn last_activity_ms(&self) -> u64 {
+        self.last_activity_ms.load(Ordering::Relaxed)
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// How the upgrade request identified the client.
+pub enum Handshake {
+    /// A verified token, or anonymous (`None`) where that is allowed.
+    Identified(Option<Identity>),
+    /// No token, and one is required: wait for an `auth` frame.
+    AwaitAuth,
+    /// A token that failed verification.
+    Refused(AuthError),
+}
+
+/// Serves one upgraded socket until it closes.
+pub async fn serve(socket: WebSocket, app: Arc<AppState>, handshake: Handshake, remote: SocketAddr, resume: Option<Resume>) {
+    let id = app.hub.next_id();
+    let span = tracing::info_span!("conn", client = %app.hub.client_id(id), peer = %remote, user = tracing::field::Empty);
+    serve_inner(socket, app, handshake, remote, resume, id).instrument(span).await;
+}
+
+async fn serve_inner(socket: WebSocket, app: Arc<AppState>, handshake: Handshake, remote: SocketAddr, resume: Option<Resume>, id: ConnId) {
+    let started = Instant::now();
+    let (mut sink, mut stream) = socket.split();
+    let identity = match handshake {
+        Handshake::Identified(identity) => identity.unwrap_or_default(),
+        Handshake::Refused(err) => return refuse(&app, &mut sink, &err).await,
+        Handshake::AwaitAuth => match await_auth(&app, &mut stream).await {
+            Ok(identity) => identity,
+            Err(err) => return refuse(&app, &mut sink, &err).await,
+        },
+    };
+    if let Some(user) = &identity.user {
+        tracing::Span::current().record("user", user.as_str());
+    }
+    let shared = Arc::new(ConnShared::new());
+    let (tx, rx) = mpsc::channel(app.config.send_queue as usize);
+    let new = NewConn { id, identity: identity.clone(), tx: tx.clone(), shared: Arc::clone(&shared), remote, resume };
+    if !app.hub.send(Command::Register(new)).await {
+        let _ = sink.send(close_message(CloseReason::GoingAway)).await;
+        return;
+    }
+    tracing::info!("connection open");
+    let writer = tokio::spawn(write_loop(sink, rx, Arc::clone(&shared), app.config.ping_interval, app.config.write_timeout));
+    let mut reader = Reader { app: Arc::clone(&app), id, identity, shared: Arc::clone(&shared), tx };
+    reader.run(&mut stream).await;
+    shared.stop();
+    app.hub.send(Command::Unregister(id)).await;
+    let _ = writer.await;
+    let reason = shared.reason().map_or("peer closed", CloseReason::text);
+    tracing::info!(reason, duration_ms = started.elapsed().as_millis() as u64, "connection closed");
+}
+
+/// Sends `hub:error unauthorized` and closes with 4001.
+async fn refuse(app: &AppState, sink: &mut SplitSink<WebSocket, Message>, err: &AuthError) {
+    let reason = match err {
+        AuthError::Expired => "expired",
+        AuthError::NotConfigured => "not_configured",
+        _ => "invalid",
+    };
+    app.metrics.auth_failures.with_label_values(&[reason]).inc();
+    tracing::info!(error = %err, "connection refused");
+    let frame = error_frame("unauthorized", &err.to_string(), None);
+    let _ = timeout(CLOSE_WAIT, async {
+        sink.send(Message::Text(frame)).await?;
+        sink.send(close_message(CloseReason::Unauthorized)).await
+    })
+    .await;
+}
+
+/// Waits for the first frame to be a valid `auth` within the configured time.
+async fn await_auth(app: &AppState, stream: &mut SplitStream<WebSocket>) -> Result<Identity, AuthError> {
+    let missing = || AuthError::Invalid("a token is required: pass ?token=, Authorization: Bearer, or send {\"type\":\"auth\",\"token\":...} first".into());
+    let first = timeout(app.config.auth_timeout, stream.next()).await.map_err(|_| missing())?;
+    let Some(Ok(Message::Text(text))) = first else { return Err(missing()) };
+    match serde_json::from_str::<ClientMessage>(&text) {
+        Ok(ClientMessage::Auth { token }) => app.verifier.as_ref().ok_or(AuthError::NotConfigured)?.verify(&token),
+        _ => Err(missing()),
+    }
+}
+
+fn close_message(reason: CloseReason) -> Message {
+    Message::Close(Some(CloseFrame { code: reason.code(), reason: Utf8Bytes::from_static(reason.text()) }))
+}
+
+/// Drains the send queue to the socket; pings on schedule; sends the close frame at the end.
+async fn write_loop(mut sink: SplitSink<WebSocket, Message>, mut rx: mpsc::Receiver<Outbound>, shared: Arc<ConnShared>, ping_every: Duration, write_timeout: Duration) {
+    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+    let mut batch: Vec<Utf8Bytes> = Vec::new();
+    loop {
+        let result = tokio::select! {
+            biased;
+            _ = shared.token.cancelled() => break,
+            out = rx.recv() => {
+                let Some(out) = out else { break };
+                batch.clear();
+                collect(&mut batch, out);
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(out) => collect(&mut batch, out),
+                        Err(_) => break,
+                    }
+                }
+                timeout(write_timeout, send_all(&mut sink, &mut batch)).await
+            }
+            _ = ping.tick() => timeout(write_timeout, sink.send(Message::Ping(Default::default()))).await,
+        };
+        if !matches!(result, Ok(Ok(()))) {
+            tracing::debug!("write failed or timed out");
+            shared.stop();
+            return;
+        }
+    }
+    if let Some(reason) = shared.reason() {
+        let _ = timeout(CLOSE_WAIT, sink.send(close_message(reason))).await;
+    }
+}
+
+fn collect(batch: &mut Vec<Utf8Bytes>, out: Outbound) {
+    match out {
+        Outbound::Frame(frame) => batch.push(frame),
+        Outbound::Batch(frames) => batch.extend(frames),
+    }
+}
+
+async fn send_all(sink: &mut SplitSink<WebSocket, Message>, batch: &mut Vec<Utf8Bytes>) -> Result<(), axum::Error> {
+    for frame in batch.drain(..) {
+        sink.feed(Message::Text(frame)).await?;
+    }
+    sink.flush().await
+}
+
+/// The reading half: turns client frames into hub commands and answers.
+struct Reader {
+    app: Arc<AppState>,
+    id: ConnId,
+    identity: Identity,
+    shared: Arc<ConnShared>,
+    tx: mpsc::Sender<Outbound>,
+}
+
+impl Reader {
+    async fn run(&mut self, stream: &mut SplitStream<WebSocket>) {
+        let pong_timeout = self.app.config.pong_timeout;
+        loop {
+            let expiry = expiry_deadline(&self.identity);
+            let next = tokio::select! {
+                biased;
+                _ = self.shared.token.cancelled() => return,
+                _ = sleep_until(expiry.unwrap_or_else(far_future)), if expiry.is_some() => {
+                    self.send(error_frame("token_expired", "token expired; send a fresh auth before exp", None));
+                    self.shared.close(CloseReason::TokenExpired);
+                    return;
+                }
+                next = timeout(pong_timeout, stream.next()) => next,
+            };
+            let message = match next {
+                Err(_) => return self.shared.close(CloseReason::KeepAliveTimeout),
+                Ok(None) => return,
+                Ok(Some(Err(err))) => return self.read_error(err),
+                Ok(Some(Ok(message))) => message,
+            };
+            self.shared.touch();
+            match message {
+                Message::Text(text) => self.on_text(&text).await,
+                Message::Binary(_) => return self.shared.close(CloseReason::Policy),
+                Message::Close(_) => return,
+                Message::Ping(_) | Message::Pong(_) => {}
+            }
+        }
+    }
+
+    fn read_error(&self, err: axum::Error) {
+        use tokio_tungstenite::tungstenite::Error as WsError;
+        let reason = match err.into_inner().downcast::<WsError>() {
+            Ok(ws) => match *ws {
+                WsError::Capacity(_) => Some(CloseReason::TooBig),
+                WsError::Utf8(_) => Some(CloseReason::InvalidUtf8),
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        match reason {
+            Some(reason) => self.shared.close(reason),
+            None => self.shared.stop(),
+        }
+    }
+
+    /// Queues an answer; a full queue means the client is not reading, so it is dropped.
+    fn send(&self, frame: Utf8Bytes) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(Outbound::Frame(frame)) {
+            self.shared.close(CloseReason::SlowConsumer);
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) {
+        let message = match serde_json::from_str::<ClientMessage>(text) {
+            Ok(message) => message,
+            Err(err) => {
+                let code = if serde_json::from_str::<serde_json::Value>(text).is_ok() { "bad_message" } else { "bad_json" };
+                return self.send(error_frame(code, &err.to_string(), None));
+            }
+        };
+        match message {
+            ClientMessage::Ping => {
+                let (timestamp, _) = now_rfc3339();
+                self.send(to_frame(&json!({"type": "hub:pong", "timestamp": timestamp})));
+            }
+            ClientMessage::Subscribe { channel, since, epoch } => self.subscribe(channel, since, epoch).await,
+            ClientMessage::Unsubscribe { channel } => match validate_channel(&channel) {
+                Ok(()) => {
+                    self.app.hub.send(Command::Unsubscribe { id: self.id, channel }).await;
+                }
+                Err(err) => self.send(error_frame("bad_channel", &err.to_string(), Some(&channel))),
+            },
+            ClientMessage::Auth { token } => self.reauthenticate(&token).await,
+            ClientMessage::Publish { channel, event, message, data } => self.publish(channel, event, message, data).await,
+            ClientMessage::Ack { .. } => {}
+        }
+    }
+
+    async fn subscribe(&mut self, channel: String, since: Option<u64>, epoch: Option<String>) {
+        if let Err(err) = may_subscribe(&self.identity, &channel, &self.app.config.namespaces) {
+            return self.send(error_frame(err.code(), &err.to_string(), Some(&channel)));
+        }
+        let resume = since.map(|since| Resume { since, epoch });
+        self.app.hub.send(Command::Subscribe { id: self.id, channel, resume }).await;
+    }
+
+    async fn reauthenticate(&mut self, token: &str) {
+        let Some(verifier) = &self.app.verifier else {
+            return self.send(error_frame("unauthorized", "this hub has no JWT key configured", None));
+        };
+        match verifier.verify(token) {
+            Ok(identity) if self.identity.user.is_some() && identity.user != self.identity.user => {
+                self.send(error_frame("unauthorized", "a connection cannot change its user; reconnect instead", None));
+            }
+            Ok(identity) => {
+                self.identity = identity.clone();
+                self.app.hub.send(Command::Identify { id: self.id, identity }).await;
+            }
+            Err(err) => {
+                self.app.metrics.auth_failures.with_label_values(&["invalid"]).inc();
+                self.send(error_frame("unauthorized", &err.to_string(), None));
+            }
+        }
+    }
+
+    async fn publish(&mut self, channel: String, event: String, message: String, data: Option<Box<serde_json::value::RawValue>>) {
+        let allowed = self.app.config.namespaces.find(&channel).is_some_and(|ns| ns.publish)
+            && may_subscribe(&self.identity, &channel, &self.app.config.namespaces).is_ok();
+        if !allowed {
+            self.app.metrics.publish_rejected.with_label_values(&["client_forbidden"]).inc();
+            return self.send(error_frame("publish_forbidden", "clients may not publish to this channel", Some(&channel)));
+        }
+        if event.is_empty() || event.starts_with("hub:") {
+            return self.send(error_frame("bad_message", "event must be non-empty and not start with hub:", Some(&channel)));
+        }
+        let new = NewEvent {
+            kind: event,
+            message,
+            data: data.unwrap_or_else(crate::protocol::empty_object),
+            targets: vec![channel.clone()],
+            from: self.identity.user.clone(),
+            exclude: Some(self.app.hub.client_id(self.id)),
+        };
+        match self.app.engine.publish(vec![new], None).await {
+            Ok(published) => {
+                let id = published.first().map(|p| p.id.clone());
+                self.send(to_frame(&json!({"type": "hub:published", "channel": channel, "id": id})));
+            }
+            Err(err) => self.send(error_frame("internal", &err.to_string(), Some(&channel))),
+        }
+    }
+}
+
+/// When the connection's token stops being valid (exp plus leeway), as a tokio instant.
+fn expiry_deadline(identity: &Identity) -> Option<Instant> {
+    let exp = identity.exp?;
+    let now = unix_ms() / 1000;
+    let left = (exp + EXP_LEEWAY_S).saturating_sub(now);
+    Some(Instant::now() + Duration::from_secs(left))
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}

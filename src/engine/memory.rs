@@ -1,0 +1,135 @@
+//! The embedded engine: positions from a counter, history in memory, delivery straight into the
+//! local hub. Publishing assigns seqs and hands the batch to the hub under one lock, so the hub
+//! sees events in seq order, which is what makes resume exact (see `hub` for the other half).
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use tokio::sync::oneshot;
+
+use super::{Engine, EngineError, EngineHealth, NewEvent, Published};
+use crate::history::{History, Replay};
+use crate::hub::HubHandle;
+use crate::idempotency::IdempotencyCache;
+use crate::namespace::Namespaces;
+use crate::protocol::{BROADCAST, Delivery, Event, now_rfc3339};
+
+struct State {
+    seq: u64,
+    history: History,
+}
+
+/// The single-process engine.
+pub struct MemoryEngine {
+    epoch: String,
+    state: Mutex<State>,
+    hub: HubHandle,
+    namespaces: Namespaces,
+    idempotency: IdempotencyCache,
+}
+
+impl MemoryEngine {
+    /// An engine delivering into `hub`, with history limits from the configuration.
+    pub fn new(hub: HubHandle, config: &crate::config::Config) -> Self {
+        let ttl_ms = u64::try_from(config.history_ttl.as_millis()).unwrap_or(u64::MAX);
+        Self {
+            epoch: new_epoch(),
+            state: Mutex::new(State { seq: 0, history: History::new(config.history_size, ttl_ms) }),
+            hub,
+            namespaces: config.namespaces.clone(),
+            idempotency: IdempotencyCache::new(config.idempotency_ttl),
+        }
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, State>, EngineError> {
+        self.state.lock().map_err(|_| EngineError::Storage("history lock poisoned".into()))
+    }
+
+    async fn publish_now(&self, batch: Vec<NewEvent>) -> Result<Vec<Published>, EngineError> {
+        let (reply, counts) = oneshot::channel();
+        let stamped: Vec<(String, u64)> = {
+            let mut state = self.lock()?;
+            let (timestamp, accepted_ms) = now_rfc3339();
+            state.history.expire(accepted_ms);
+            let mut deliveries = Vec::with_capacity(batch.len());
+            for new in batch {
+                state.seq += 1;
+                let event = Arc::new(stamp(new, state.seq, &timestamp, accepted_ms));
+                let sizes = |stream: &str| self.namespaces.find(stream).and_then(|ns| ns.history_size);
+                state.history.append(&event, sizes);
+                deliveries.push(Delivery::new(event, &self.epoch));
+            }
+            let stamped = deliveries.iter().map(|d| (d.event.id.clone(), d.event.seq)).collect();
+            self.hub.deliver(deliveries, Some(reply))?;
+            stamped
+        };
+        let counts = counts.await.map_err(|_| EngineError::Stopped)?;
+        Ok(stamped.into_iter().zip(counts).map(|((id, seq), recipients)| Published { id, seq, recipients }).collect())
+    }
+}
+
+/// Gives an accepted event its id, position and time.
+fn stamp(new: NewEvent, seq: u64, timestamp: &str, accepted_ms: u64) -> Event {
+    let targets = if new.targets.is_empty() { vec![BROADCAST.to_string()] } else { new.targets };
+    Event {
+        id: uuid::Uuid::now_v7().simple().to_string(),
+        seq,
+        kind: new.kind,
+        message: new.message,
+        data: new.data,
+        timestamp: timestamp.to_string(),
+        targets,
+        from: new.from,
+        exclude: new.exclude,
+        accepted_ms,
+    }
+}
+
+/// A fresh random epoch: different for every process start without durable history.
+pub fn new_epoch() -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    id[..12].to_string()
+}
+
+impl Engine for MemoryEngine {
+    fn epoch(&self) -> String {
+        self.epoch.clone()
+    }
+
+    fn current_seq(&self) -> u64 {
+        self.lock().map_or(0, |s| s.seq)
+    }
+
+    fn publish(&self, batch: Vec<NewEvent>, key: Option<String>) -> BoxFuture<'_, Result<Vec<Published>, EngineError>> {
+        self.idempotency.run(key, move || self.publish_now(batch)).boxed()
+    }
+
+    fn replay(&self, streams: Vec<String>, since: Option<u64>) -> BoxFuture<'_, Result<Replay, EngineError>> {
+        let result = self.lock().map(|s| s.history.replay(&streams, since));
+        async move { result }.boxed()
+    }
+
+    fn history(&self, stream: String, since: u64, limit: usize) -> BoxFuture<'_, Result<Vec<Arc<Event>>, EngineError>> {
+        let result = self.lock().map(|s| s.history.page(&stream, since, limit));
+        async move { result }.boxed()
+    }
+
+    fn recent(&self, limit: usize) -> BoxFuture<'_, Result<Vec<Arc<Event>>, EngineError>> {
+        let result = self.lock().map(|s| s.history.latest(limit));
+        async move { result }.boxed()
+    }
+
+    fn find(&self, id: String) -> BoxFuture<'_, Result<Option<Arc<Event>>, EngineError>> {
+        let result = self.lock().map(|s| s.history.find(&id));
+        async move { result }.boxed()
+    }
+
+    fn history_bytes(&self) -> usize {
+        self.lock().map_or(0, |s| s.history.bytes())
+    }
+
+    fn health(&self) -> EngineHealth {
+        EngineHealth { kind: "memory", ok: true, detail: None }
+    }
+}

@@ -1,0 +1,198 @@
+//! In-memory event history per stream: the last N events (and no older than the TTL), and
+//! the positions a resume needs to tell whether anything was lost.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use crate::protocol::Event;
+
+/// What a resume gets back: the missed events and whether they are complete.
+#[derive(Debug, Default)]
+pub struct Replay {
+    /// Events with `seq > since` in any of the asked streams, once each, ordered by seq.
+    pub events: Vec<Arc<Event>>,
+    /// False when events after `since` were already trimmed (or the epoch changed).
+    pub recovered: bool,
+    /// Newest seq of the asked streams (0 when they are empty).
+    pub head: u64,
+}
+
+#[derive(Debug, Default)]
+struct StreamHistory {
+    events: VecDeque<Arc<Event>>,
+    /// Highest seq trimmed from this stream; a resume from below it has lost events.
+    trimmed_upto: u64,
+}
+
+/// Per-stream history with size and age limits.
+#[derive(Debug)]
+pub struct History {
+    streams: HashMap<String, StreamHistory>,
+    default_size: usize,
+    ttl_ms: u64,
+    /// Highest seq trimmed from any stream that has since been forgotten entirely.
+    forgotten_upto: u64,
+    bytes: usize,
+}
+
+impl History {
+    /// Empty history keeping `size` events per stream for `ttl_ms` milliseconds.
+    pub fn new(size: usize, ttl_ms: u64) -> Self {
+        Self { streams: HashMap::new(), default_size: size, ttl_ms, forgotten_upto: 0, bytes: 0 }
+    }
+
+    /// Approximate bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Number of streams with history.
+    pub fn stream_count(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Appends an event to each of its target streams, trimming to `size_of(stream)`.
+    pub fn append(&mut self, event: &Arc<Event>, size_of: impl Fn(&str) -> Option<usize>) {
+        let share = event.heap_bytes() / event.targets.len().max(1);
+        for target in &event.targets {
+            let limit = size_of(target).unwrap_or(self.default_size).max(1);
+            let stream = self.streams.entry(target.clone()).or_default();
+            stream.events.push_back(Arc::clone(event));
+            self.bytes += share;
+            while stream.events.len() > limit {
+                if let Some(old) = stream.events.pop_front() {
+                    stream.trimmed_upto = stream.trimmed_upto.max(old.seq);
+                    self.bytes = self.bytes.saturating_sub(old.heap_bytes() / old.targets.len().max(1));
+                }
+            }
+        }
+    }
+
+    /// Drops events older than the TTL and forgets streams left empty.
+    pub fn expire(&mut self, now_ms: u64) {
+        let cutoff = now_ms.saturating_sub(self.ttl_ms);
+        let mut freed = 0;
+        let mut forgotten = self.forgotten_upto;
+        self.streams.retain(|_, stream| {
+            while stream.events.front().is_some_and(|e| e.accepted_ms < cutoff) {
+                if let Some(old) = stream.events.pop_front() {
+                    stream.trimmed_upto = stream.trimmed_upto.max(old.seq);
+                    freed += old.heap_bytes() / old.targets.len().max(1);
+                }
+            }
+            let keep = !stream.events.is_empty();
+            if !keep {
+                forgotten = forgotten.max(stream.trimmed_upto);
+            }
+            keep
+        });
+        self.forgotten_upto = forgotten;
+        self.bytes = self.bytes.saturating_sub(freed);
+    }
+
+    /// Newest seq in a stream (0 when it has none).
+    pub fn head(&self, stream: &str) -> u64 {
+        self.streams.get(stream).and_then(|s| s.events.back()).map_or(0, |e| e.seq)
+    }
+
+    /// Everything after `since` in `streams`, merged by seq without duplicates.
+    /// `since = None` asks only for the head (a plain subscribe).
+    pub fn replay(&self, streams: &[String], since: Option<u64>) -> Replay {
+        let head = streams.iter().map(|s| self.head(s)).max().unwrap_or(0);
+        let Some(since) = since else {
+            return Replay { events: Vec::new(), recovered: true, head };
+        };
+        let mut recovered = true;
+        let mut events: Vec<Arc<Event>> = Vec::new();
+        for name in streams {
+            match self.streams.get(name) {
+                Some(stream) => {
+                    recovered &= since >= stream.trimmed_upto;
+                    events.extend(stream.events.iter().filter(|e| e.seq > since).cloned());
+                }
+                None => recovered &= since >= self.forgotten_upto,
+            }
+        }
+        events.sort_by_key(|e| e.seq);
+        events.dedup_by_key(|e| e.seq);
+        Replay { events, recovered, head }
+    }
+
+    /// One page of a stream's history: events with `seq > since`, oldest first, at most `limit`.
+    pub fn page(&self, stream: &str, since: u64, limit: usize) -> Vec<Arc<Event>> {
+        self.streams
+            .get(stream)
+            .map(|s| s.events.iter().filter(|e| e.seq > since).take(limit).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Finds an event by id in a stream's kept history (newest first).
+    pub fn find(&self, id: &str) -> Option<Arc<Event>> {
+        self.streams.values().flat_map(|s| s.events.iter().rev()).find(|e| e.id == id).cloned()
+    }
+
+    /// The latest `limit` events across all streams, newest first.
+    pub fn latest(&self, limit: usize) -> Vec<Arc<Event>> {
+        let mut all: Vec<Arc<Event>> = self.streams.values().flat_map(|s| s.events.iter().cloned()).collect();
+        all.sort_by_key(|e| std::cmp::Reverse(e.seq));
+        all.dedup_by_key(|e| e.seq);
+        all.truncate(limit);
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::value::RawValue;
+
+    fn ev(seq: u64, targets: &[&str], ms: u64) -> Arc<Event> {
+        Arc::new(Event {
+            id: format!("e{seq}"),
+            seq,
+            kind: "t".into(),
+            message: String::new(),
+            data: RawValue::from_string("{}".into()).expect("raw"),
+            timestamp: String::new(),
+            targets: targets.iter().map(|t| t.to_string()).collect(),
+            from: None,
+            exclude: None,
+            accepted_ms: ms,
+        })
+    }
+
+    #[test]
+    fn replay_merges_streams_once_in_order() {
+        let mut h = History::new(10, 60_000);
+        h.append(&ev(1, &["a"], 0), |_| None);
+        h.append(&ev(2, &["a", "b"], 0), |_| None);
+        h.append(&ev(3, &["b"], 0), |_| None);
+        let r = h.replay(&["a".into(), "b".into()], Some(1));
+        assert!(r.recovered);
+        assert_eq!(r.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(r.head, 3);
+    }
+
+    #[test]
+    fn trimmed_positions_are_not_recovered() {
+        let mut h = History::new(2, 60_000);
+        for seq in 1..=4 {
+            h.append(&ev(seq, &["a"], 0), |_| None);
+        }
+        assert!(!h.replay(&["a".into()], Some(1)).recovered);
+        let r = h.replay(&["a".into()], Some(2));
+        assert!(r.recovered);
+        assert_eq!(r.events.len(), 2);
+    }
+
+    #[test]
+    fn expiry_forgets_streams_but_remembers_the_loss() {
+        let mut h = History::new(10, 1_000);
+        h.append(&ev(5, &["a"], 0), |_| None);
+        h.expire(10_000);
+        assert_eq!(h.stream_count(), 0);
+        assert_eq!(h.bytes(), 0);
+        assert!(!h.replay(&["a".into()], Some(4)).recovered);
+        assert!(h.replay(&["a".into()], Some(5)).recovered);
+    }
+}

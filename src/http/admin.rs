@@ -1,0 +1,224 @@
+//! Operator endpoints behind the API-key rule: stats, metrics, channels, presence, history,
+//! clients, recent events, disconnect; plus `POST /dev/token` in `--dev` mode.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, authorize};
+use crate::app::AppState;
+use crate::hub::Command;
+use crate::protocol::{Event, validate_channel};
+
+pub(super) fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/stats", get(stats))
+        .route("/metrics", get(metrics))
+        .route("/channels", get(channels))
+        .route("/channels/{name}/presence", get(presence))
+        .route("/channels/{name}/history", get(history))
+        .route("/clients", get(clients))
+        .route("/events", get(recent_events))
+        .route("/events/{id}", get(event_by_id))
+        .route("/admin/disconnect", post(disconnect))
+        .route("/dev/token", post(dev_token))
+}
+
+/// Checks the API-key rule and returns the state for the handler.
+fn admin(app: &Arc<AppState>, headers: &HeaderMap, peer: SocketAddr) -> Result<(), ApiError> {
+    authorize(app, headers, peer)
+}
+
+async fn stats(State(app): State<Arc<AppState>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    admin(&app, &headers, peer)?;
+    let hub = app.hub.ask(|reply| Command::Stats { reply }).await?;
+    let m = &app.metrics;
+    app.metrics.history_bytes.set(app.engine.history_bytes() as i64);
+    Ok(Json(json!({
+        "node": app.hub.node(),
+        "clients": hub.connections,
+        "connections": hub.connections,
+        "connections_total": m.connections_total.get(),
+        "authenticated": hub.authenticated,
+        "anonymous": hub.anonymous,
+        "by_role": hub.by_role,
+        "channels": hub.channels,
+        "top_channels": hub.top_channels.iter().map(|(name, n)| json!({"channel": name, "subscribers": n})).collect::<Vec<_>>(),
+        "events_published": m.events_published.get(),
+        "deliveries": m.deliveries.get(),
+        "slow_consumer_disconnects": m.slow_consumers.get(),
+        "history_bytes": m.history_bytes.get(),
+        "rss_bytes": rss_bytes(),
+        "uptime_s": app.started.elapsed().as_secs(),
+        "engine": app.engine.health(),
+    })))
+}
+
+/// Resident memory of this process from /proc (Linux); 0 elsewhere.
+pub fn rss_bytes() -> u64 {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return 0 };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+async fn metrics(State(app): State<Arc<AppState>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
+    admin(&app, &headers, peer)?;
+    app.metrics.history_bytes.set(app.engine.history_bytes() as i64);
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], app.metrics.render()))
+}
+
+async fn channels(State(app): State<Arc<AppState>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    admin(&app, &headers, peer)?;
+    let list = app.hub.ask(|reply| Command::Channels { reply }).await?;
+    let rows: Vec<Value> = list.into_iter().map(|(name, n)| json!({"channel": name, "subscribers": n})).collect();
+    Ok(Json(json!({ "channels": rows })))
+}
+
+async fn presence(State(app): State<Arc<AppState>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    admin(&app, &headers, peer)?;
+    validate_channel(&name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let (users, anonymous) = app.hub.ask(|reply| Command::Presence { channel: name.clone(), reply }).await?;
+    let users: Vec<Value> = users.into_iter().map(|(user, n)| json!({"user": user, "connections": n})).collect();
+    Ok(Json(json!({ "channel": name, "users": users, "anonymous": anonymous })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    #[serde(default)]
+    since: u64,
+    limit: Option<usize>,
+}
+
+async fn history(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    admin(&app, &headers, peer)?;
+    validate_channel(&name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
+    let limit = q.limit.unwrap_or(100).min(1000);
+    let events = app.engine.history(name.clone(), q.since, limit).await?;
+    let rows: Vec<Value> = events.iter().map(|e| event_json(e)).collect();
+    Ok(Json(json!({ "channel": name, "epoch": app.engine.epoch(), "events": rows })))
+}
+
+fn event_json(e: &Event) -> Value {
+    json!({
+        "id": e.id, "seq": e.seq, "type": e.kind, "message": e.message, "data": e.data,
+        "timestamp": e.timestamp, "targets": e.targets, "from": e.from,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    #[serde(default)]
+    offset: usize,
+    limit: Option<usize>,
+}
+
+async fn clients(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    admin(&app, &headers, peer)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
+    let limit = q.limit.unwrap_or(100).min(1000);
+    let (total, page) = app.hub.ask(|reply| Command::Clients { offset: q.offset, limit, reply }).await?;
+    Ok(Json(json!({ "total": total, "offset": q.offset, "limit": limit, "clients": page })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitQuery {
+    limit: Option<usize>,
+}
+
+async fn recent_events(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    query: Result<Query<LimitQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    admin(&app, &headers, peer)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
+    let events = app.engine.recent(q.limit.unwrap_or(50).min(1000)).await?;
+    Ok(Json(json!({ "events": events.iter().map(|e| event_json(e)).collect::<Vec<_>>() })))
+}
+
+async fn event_by_id(State(app): State<Arc<AppState>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    admin(&app, &headers, peer)?;
+    match app.engine.find(id.clone()).await? {
+        Some(event) => Ok(Json(json!({ "event": event_json(&event), "targets": event.targets }))),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no event {id:?} in the kept history"))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisconnectBody {
+    client_id: Option<String>,
+    user: Option<String>,
+}
+
+async fn disconnect(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Json<DisconnectBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    admin(&app, &headers, peer)?;
+    let Json(body) = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    if body.client_id.is_none() && body.user.is_none() {
+        return Err(ApiError::bad_request("give `client_id` or `user`"));
+    }
+    let n = app.hub.ask(|reply| Command::Kick { client_id: body.client_id, user: body.user, reply }).await?;
+    Ok(Json(json!({ "disconnected": n })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DevTokenBody {
+    sub: Value,
+    role: Option<String>,
+    #[serde(default)]
+    roles: Vec<String>,
+    #[serde(default)]
+    channels: Vec<String>,
+    ttl_s: Option<u64>,
+}
+
+/// Mints a token for trying users and roles from the test page (`--dev` on loopback only).
+async fn dev_token(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Result<Json<DevTokenBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let dev_allowed = app.config.dev && app.config.addr.ip().is_loopback() && peer.ip().is_loopback();
+    let Some(secret) = app.config.jwt_secret.as_deref().filter(|_| dev_allowed) else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "POST /dev/token exists only with --dev, --jwt-secret and a loopback --addr"));
+    };
+    let Json(body) = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) + body.ttl_s.unwrap_or(3600);
+    let claims = json!({"sub": body.sub, "role": body.role, "roles": body.roles, "channels": body.channels, "exp": exp});
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    let token = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(json!({ "token": token, "exp": exp })))
+}

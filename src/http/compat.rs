@@ -1,0 +1,74 @@
+//! Compatibility routes for backends written against the NestJS gateway of the same family of
+//! apps: `/api/dashboard/*` publish endpoints answering 202.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+use super::notify::{parse_one, require_json};
+use super::{ApiError, authorize};
+use crate::app::AppState;
+
+pub(super) fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/api/dashboard/emit-event", post(emit_event))
+        .route("/api/dashboard/notify-role", post(notify_role))
+        .route("/api/dashboard/notify-user", post(notify_user))
+        .route("/api/dashboard/update-dashboard", post(update_dashboard))
+}
+
+/// Publishes a notification built from the gateway-shaped body; 202 with the event id.
+async fn publish(app: &AppState, headers: &HeaderMap, peer: SocketAddr, notification: Value) -> Result<(StatusCode, Json<Value>), ApiError> {
+    authorize(app, headers, peer)?;
+    require_json(headers)?;
+    let bytes = serde_json::to_vec(&notification).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let accepted = parse_one(&bytes)?;
+    let published = app.engine.publish(vec![accepted.event], None).await?;
+    let first = published.first().ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "nothing published"))?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"success": true, "id": first.id, "recipients": first.recipients}))))
+}
+
+fn body_json(body: &Bytes) -> Result<Value, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+    if value.is_object() { Ok(value) } else { Err(ApiError::bad_request("body must be a JSON object")) }
+}
+
+fn field<'a>(body: &'a Value, name: &str) -> Result<&'a Value, ApiError> {
+    body.get(name).filter(|v| !v.is_null()).ok_or_else(|| ApiError::bad_request(format!("field `{name}` is required")))
+}
+
+/// `{type, data, timestamp}` → broadcast.
+async fn emit_event(State(app): State<Arc<AppState>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = body_json(&body)?;
+    let n = json!({"type": field(&body, "type")?, "data": body.get("data")});
+    publish(&app, &headers, peer, n).await
+}
+
+/// `{role, event, payload}` → `role:{role}`.
+async fn notify_role(State(app): State<Arc<AppState>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = body_json(&body)?;
+    let n = json!({"type": field(&body, "event")?, "data": body.get("payload"), "role": field(&body, "role")?});
+    publish(&app, &headers, peer, n).await
+}
+
+/// `{userId, event, payload}` → `user:{userId}`.
+async fn notify_user(State(app): State<Arc<AppState>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = body_json(&body)?;
+    let n = json!({"type": field(&body, "event")?, "data": body.get("payload"), "user": field(&body, "userId")?});
+    publish(&app, &headers, peer, n).await
+}
+
+/// Any object → the `dashboard` channel, type `event` (default `dashboard_update`), data `payload`
+/// (default: the whole body).
+async fn update_dashboard(State(app): State<Arc<AppState>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = body_json(&body)?;
+    let kind = body.get("event").cloned().unwrap_or_else(|| json!("dashboard_update"));
+    let data = body.get("payload").cloned().unwrap_or_else(|| body.clone());
+    publish(&app, &headers, peer, json!({"type": kind, "data": data, "channel": "dashboard"})).await
+}

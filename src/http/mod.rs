@@ -1,0 +1,200 @@
+//! HTTP surface: the router, the WebSocket upgrade, health, static assets and JSON errors.
+//! Handlers are thin: parse, authorize, hand to the hub or the engine.
+
+mod admin;
+mod compat;
+mod notify;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+
+use crate::app::AppState;
+use crate::auth::{ApiKeyError, check_api_key};
+use crate::connection::{self, Handshake};
+use crate::hub::Resume;
+
+/// Bytes of tungstenite's per-connection read buffer beyond the largest client frame.
+const READ_BUFFER_SLACK: usize = 64;
+/// Bytes of outgoing frames gathered before a socket write.
+const WRITE_BUFFER_BYTES: usize = 8 * 1024;
+
+/// An HTTP error with a JSON body `{"error": ...}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    /// An error with a status and a message for the caller.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, message: message.into() }
+    }
+
+    /// 400 Bad Request.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+impl From<ApiKeyError> for ApiError {
+    fn from(err: ApiKeyError) -> Self {
+        let status = match err {
+            ApiKeyError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiKeyError::NotLoopback => StatusCode::FORBIDDEN,
+        };
+        Self::new(status, err.to_string())
+    }
+}
+
+impl From<crate::engine::EngineError> for ApiError {
+    fn from(err: crate::engine::EngineError) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, err.to_string())
+    }
+}
+
+/// Builds the router with every route and the CORS layer.
+pub fn router(app: Arc<AppState>) -> Router {
+    let cors = cors_layer(&app.config.cors_origins);
+    Router::new()
+        .route("/", get(index))
+        .route("/wshub.js", get(wshub_js))
+        .route("/wshub.mjs", get(wshub_mjs))
+        .route("/ws", get(ws))
+        .route("/health", get(health))
+        .route("/api/health", get(health))
+        .merge(notify::routes(app.config.max_body_bytes as usize))
+        .merge(admin::routes())
+        .merge(compat::routes())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(cors)
+        .with_state(app)
+}
+
+fn cors_layer(origins: &[String]) -> CorsLayer {
+    let allow = if origins.is_empty() {
+        AllowOrigin::from(Any)
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, "x-api-key".parse().expect("valid header name"), "idempotency-key".parse().expect("valid header name")])
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see docs/PROTOCOL.md")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed; see the Allow header")
+}
+
+async fn index() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], include_str!("../../static/index.html"))
+}
+
+async fn wshub_js() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/javascript; charset=utf-8")], include_str!("../../static/wshub.js"))
+}
+
+async fn wshub_mjs() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/javascript; charset=utf-8")], include_str!("../../static/wshub.mjs"))
+}
+
+async fn health(State(app): State<Arc<AppState>>) -> impl IntoResponse {
+    let engine = app.engine.health();
+    let status = if app.shutdown.is_cancelled() {
+        "draining"
+    } else if engine.ok {
+        "ok"
+    } else {
+        "degraded"
+    };
+    let code = if status == "ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = json!({
+        "status": status,
+        "connections": app.metrics.connections.get(),
+        "uptime_s": app.started.elapsed().as_secs(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "engine": engine,
+        "epoch": app.engine.epoch(),
+        "history_bytes": app.engine.history_bytes(),
+    });
+    (code, Json(body))
+}
+
+/// Query parameters of `GET /ws`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WsQuery {
+    token: Option<String>,
+    since: Option<u64>,
+    epoch: Option<String>,
+}
+
+async fn ws(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    query: Result<Query<WsQuery>, QueryRejection>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    if app.shutdown.is_cancelled() {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the hub is shutting down"));
+    }
+    let upgrade = upgrade.map_err(|e| ApiError::new(e.status(), format!("{e}: connect with a WebSocket client")))?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
+    let token = query.token.or_else(|| bearer(&headers).map(str::to_string));
+    let handshake = match (token, &app.verifier) {
+        (Some(token), Some(verifier)) => match verifier.verify(&token) {
+            Ok(identity) => Handshake::Identified(Some(identity)),
+            Err(err) => Handshake::Refused(err),
+        },
+        (None, Some(_)) if app.config.require_auth => Handshake::AwaitAuth,
+        _ => Handshake::Identified(None),
+    };
+    let resume = query.since.map(|since| Resume { since, epoch: query.epoch });
+    let max = app.config.max_message_bytes as usize;
+    let tracker = app.connections.clone();
+    Ok(upgrade
+        .read_buffer_size(max + READ_BUFFER_SLACK)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| tracker.track_future(connection::serve(socket, app, handshake, remote, resume))))
+}
+
+/// The token of an `Authorization: Bearer` header.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+}
+
+/// Applies the publisher/admin rule to a request.
+pub fn authorize(app: &AppState, headers: &HeaderMap, peer: SocketAddr) -> Result<(), ApiError> {
+    let presented = bearer(headers).or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
+    check_api_key(app.config.api_key.as_deref(), presented, peer).map_err(|err| {
+        let reason = if err == ApiKeyError::Unauthorized { "unauthorized" } else { "forbidden" };
+        app.metrics.publish_rejected.with_label_values(&[reason]).inc();
+        ApiError::from(err)
+    })
+}

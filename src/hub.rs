@@ -1,0 +1,758 @@
+//! The hub actor: owns every connection's queue and every stream's subscriber set, and fans
+//! events out. It is fed by two channels: commands (bounded; from connections and HTTP handlers)
+//! and deliveries (unbounded, so the engine can hand over events in seq order without awaiting).
+//!
+//! The hub never awaits a client: it `try_send`s into each bounded queue, and a full queue means a
+//! slow consumer, dropped with close code 4003.
+//!
+//! Resume is exact because subscribing and replaying are one step per stream: the hub first
+//! routes the stream's live events for that connection into a buffer, then asks the engine for
+//! history; when the history arrives it sends the reply, the missed events, and the buffered live
+//! events, skipping any seq already sent, and only then switches the stream to live delivery.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::ws::Utf8Bytes;
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::auth::Identity;
+use crate::connection::ConnShared;
+use crate::engine::{Engine, EngineError};
+use crate::history::Replay;
+use crate::metrics::Metrics;
+use crate::namespace::Namespaces;
+use crate::protocol::{BROADCAST, CloseReason, Delivery, Event, error_frame, now_rfc3339, to_frame};
+
+/// A connection's number, unique in this process.
+pub type ConnId = u64;
+
+/// Most channels one connection may subscribe to (besides its automatic streams).
+pub const MAX_SUBSCRIPTIONS: usize = 256;
+
+/// Capacity of the command channel.
+const COMMAND_QUEUE: usize = 4096;
+
+/// What goes into a connection's send queue.
+#[derive(Debug)]
+pub enum Outbound {
+    /// One text frame.
+    Frame(Utf8Bytes),
+    /// Several frames that must stay together (a resume reply and its replay); takes one slot.
+    Batch(Vec<Utf8Bytes>),
+}
+
+/// Where a resume starts.
+#[derive(Debug, Clone)]
+pub struct Resume {
+    /// Last seq the client saw.
+    pub since: u64,
+    /// Epoch that seq belongs to.
+    pub epoch: Option<String>,
+}
+
+/// A connection being handed to the hub.
+pub struct NewConn {
+    /// Its number.
+    pub id: ConnId,
+    /// Who it is.
+    pub identity: Identity,
+    /// Its send queue.
+    pub tx: mpsc::Sender<Outbound>,
+    /// Close signal and activity shared with its tasks.
+    pub shared: Arc<ConnShared>,
+    /// Peer address.
+    pub remote: SocketAddr,
+    /// Resume of the automatic streams, if asked.
+    pub resume: Option<Resume>,
+}
+
+/// One row of `GET /clients`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientInfo {
+    /// Client id.
+    pub client_id: String,
+    /// User (token `sub`).
+    pub user: Option<String>,
+    /// Roles.
+    pub roles: Vec<String>,
+    /// Subscribed channels (automatic streams not included).
+    pub channels: Vec<String>,
+    /// Peer address.
+    pub remote: String,
+    /// Unix ms of connect.
+    pub connected_at_ms: u64,
+    /// Unix ms of the last frame received.
+    pub last_activity_ms: u64,
+}
+
+/// Counts for `/stats` and `/health`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HubStats {
+    /// Open connections.
+    pub connections: usize,
+    /// Connections with a verified token.
+    pub authenticated: usize,
+    /// Anonymous connections.
+    pub anonymous: usize,
+    /// Connections per role.
+    pub by_role: HashMap<String, usize>,
+    /// Streams with at least one local subscriber (automatic ones included).
+    pub channels: usize,
+    /// Busiest streams, most subscribers first (at most 20).
+    pub top_channels: Vec<(String, usize)>,
+}
+
+/// Requests to the hub.
+pub enum Command {
+    /// A new connection.
+    Register(NewConn),
+    /// A connection ended.
+    Unregister(ConnId),
+    /// Join a channel (already permission-checked), optionally resuming.
+    Subscribe {
+        /// Connection.
+        id: ConnId,
+        /// Channel.
+        channel: String,
+        /// Resume point.
+        resume: Option<Resume>,
+    },
+    /// Leave a channel.
+    Unsubscribe {
+        /// Connection.
+        id: ConnId,
+        /// Channel.
+        channel: String,
+    },
+    /// A connection proved a (new) identity with an `auth` frame.
+    Identify {
+        /// Connection.
+        id: ConnId,
+        /// The new identity.
+        identity: Identity,
+    },
+    /// History for a pending resume arrived.
+    Replayed {
+        /// Connection.
+        id: ConnId,
+        /// Which pending resume.
+        ticket: u64,
+        /// The history, or why it could not be read.
+        result: Result<Replay, EngineError>,
+    },
+    /// Disconnect by client id or user; replies with how many were closed.
+    Kick {
+        /// Client id to close.
+        client_id: Option<String>,
+        /// User whose connections to close.
+        user: Option<String>,
+        /// Reply.
+        reply: oneshot::Sender<usize>,
+    },
+    /// List connections.
+    Clients {
+        /// Rows to skip.
+        offset: usize,
+        /// Rows to return.
+        limit: usize,
+        /// Reply: total and the page.
+        reply: oneshot::Sender<(usize, Vec<ClientInfo>)>,
+    },
+    /// Streams and their local subscriber counts.
+    Channels {
+        /// Reply.
+        reply: oneshot::Sender<Vec<(String, usize)>>,
+    },
+    /// Users in a stream with their connection counts, and anonymous connections.
+    Presence {
+        /// Stream.
+        channel: String,
+        /// Reply: (user, connections) and the anonymous count.
+        reply: oneshot::Sender<(Vec<(String, usize)>, usize)>,
+    },
+    /// Counts.
+    Stats {
+        /// Reply.
+        reply: oneshot::Sender<HubStats>,
+    },
+    /// Close every connection with 1001 and stop.
+    Shutdown,
+}
+
+/// Events handed over by the engine, with an optional reply of recipients per event.
+pub struct DeliverMsg {
+    /// The events, in seq order.
+    pub deliveries: Vec<Delivery>,
+    /// Recipients per event.
+    pub reply: Option<oneshot::Sender<Vec<usize>>>,
+}
+
+/// Cloneable handle to the hub.
+#[derive(Clone)]
+pub struct HubHandle {
+    commands: mpsc::Sender<Command>,
+    deliveries: mpsc::UnboundedSender<DeliverMsg>,
+    next_id: Arc<AtomicU64>,
+    node: Arc<str>,
+}
+
+impl HubHandle {
+    /// Sends a command; false when the hub has stopped.
+    pub async fn send(&self, command: Command) -> bool {
+        self.commands.send(command).await.is_ok()
+    }
+
+    /// Sends a query and waits for its reply.
+    pub async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, EngineError> {
+        let (tx, rx) = oneshot::channel();
+        if !self.send(make(tx)).await {
+            return Err(EngineError::Stopped);
+        }
+        rx.await.map_err(|_| EngineError::Stopped)
+    }
+
+    /// Hands events to the hub in order without waiting.
+    pub fn deliver(&self, deliveries: Vec<Delivery>, reply: Option<oneshot::Sender<Vec<usize>>>) -> Result<(), EngineError> {
+        self.deliveries.send(DeliverMsg { deliveries, reply }).map_err(|_| EngineError::Stopped)
+    }
+
+    /// A fresh connection number.
+    pub fn next_id(&self) -> ConnId {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The public client id of a connection.
+    pub fn client_id(&self, id: ConnId) -> String {
+        format!("{}-{id}", self.node)
+    }
+
+    /// This process's node id (the client-id prefix).
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+}
+
+/// The receiving ends of the hub's channels, consumed by [`Hub::run`].
+pub struct HubInbox {
+    commands: mpsc::Receiver<Command>,
+    deliveries: mpsc::UnboundedReceiver<DeliverMsg>,
+}
+
+/// Creates the hub's channels: the handle for everyone, the inbox for the actor.
+pub fn channel(node: &str) -> (HubHandle, HubInbox) {
+    let (ctx, crx) = mpsc::channel(COMMAND_QUEUE);
+    let (dtx, drx) = mpsc::unbounded_channel();
+    let handle = HubHandle { commands: ctx, deliveries: dtx, next_id: Arc::new(AtomicU64::new(0)), node: node.into() };
+    (handle, HubInbox { commands: crx, deliveries: drx })
+}
+
+enum PendingKind {
+    Connect,
+    Subscribe(String),
+}
+
+/// A resume in progress: live events of `streams` wait in `buffer` until history arrives.
+struct Pending {
+    ticket: u64,
+    kind: PendingKind,
+    streams: Vec<String>,
+    since: Option<u64>,
+    epoch_ok: bool,
+    buffer: Vec<(Arc<Event>, Utf8Bytes)>,
+}
+
+struct Conn {
+    tx: mpsc::Sender<Outbound>,
+    shared: Arc<ConnShared>,
+    identity: Identity,
+    remote: SocketAddr,
+    connected_at_ms: u64,
+    channels: Vec<String>,
+    last_seq: u64,
+    pending: Vec<Pending>,
+    /// Seqs sent live while a resume is pending, so the replay does not send them again.
+    live_seqs: Vec<u64>,
+}
+
+enum Offer {
+    Skipped,
+    Sent,
+    Dropped(CloseReason),
+}
+
+impl Conn {
+    /// Offers one event through `stream`; at most once per event however many streams match.
+    fn offer(&mut self, event: &Arc<Event>, stream: &str, frame: &Utf8Bytes) -> Offer {
+        if self.last_seq == event.seq {
+            return Offer::Skipped;
+        }
+        self.last_seq = event.seq;
+        if let Some(p) = self.pending.iter_mut().find(|p| p.streams.iter().any(|s| s == stream)) {
+            p.buffer.push((Arc::clone(event), frame.clone()));
+            return Offer::Sent;
+        }
+        if !self.pending.is_empty() {
+            self.live_seqs.push(event.seq);
+        }
+        self.push(Outbound::Frame(frame.clone()))
+    }
+
+    fn push(&self, out: Outbound) -> Offer {
+        match self.tx.try_send(out) {
+            Ok(()) => Offer::Sent,
+            Err(mpsc::error::TrySendError::Full(_)) => Offer::Dropped(CloseReason::SlowConsumer),
+            Err(mpsc::error::TrySendError::Closed(_)) => Offer::Dropped(CloseReason::GoingAway),
+        }
+    }
+
+    fn in_stream(&self, stream: &str) -> bool {
+        self.channels.iter().any(|c| c == stream) || self.identity.auto_streams().iter().any(|s| s == stream)
+    }
+}
+
+/// The hub actor's state.
+pub struct Hub {
+    conns: HashMap<ConnId, Conn>,
+    streams: HashMap<String, HashSet<ConnId>>,
+    engine: Arc<dyn Engine>,
+    handle: HubHandle,
+    metrics: Arc<Metrics>,
+    namespaces: Namespaces,
+    next_ticket: u64,
+}
+
+impl Hub {
+    /// A hub delivering for `engine`.
+    pub fn new(handle: HubHandle, engine: Arc<dyn Engine>, metrics: Arc<Metrics>, namespaces: Namespaces) -> Self {
+        Self { conns: HashMap::new(), streams: HashMap::new(), engine, handle, metrics, namespaces, next_ticket: 0 }
+    }
+
+    /// Runs until a `Shutdown` command or until every handle is dropped.
+    pub async fn run(mut self, mut inbox: HubInbox) {
+        loop {
+            tokio::select! {
+                biased;
+                Some(msg) = inbox.deliveries.recv() => self.on_deliver(msg),
+                command = inbox.commands.recv() => match command {
+                    Some(Command::Shutdown) | None => break,
+                    Some(command) => self.on_command(command),
+                },
+            }
+        }
+        for (_, conn) in self.conns.drain() {
+            conn.shared.close(CloseReason::GoingAway);
+        }
+        self.metrics.connections.set(0);
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Register(new) => self.register(new),
+            Command::Unregister(id) => self.drop_conn(id, None),
+            Command::Subscribe { id, channel, resume } => self.subscribe(id, channel, resume),
+            Command::Unsubscribe { id, channel } => self.unsubscribe(id, &channel),
+            Command::Identify { id, identity } => self.identify(id, identity),
+            Command::Replayed { id, ticket, result } => self.replayed(id, ticket, result),
+            Command::Kick { client_id, user, reply } => {
+                let _ = reply.send(self.kick(client_id.as_deref(), user.as_deref()));
+            }
+            Command::Clients { offset, limit, reply } => {
+                let _ = reply.send(self.clients(offset, limit));
+            }
+            Command::Channels { reply } => {
+                let _ = reply.send(self.channel_counts());
+            }
+            Command::Presence { channel, reply } => {
+                let _ = reply.send(self.presence(&channel));
+            }
+            Command::Stats { reply } => {
+                let _ = reply.send(self.stats());
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    fn on_deliver(&mut self, msg: DeliverMsg) {
+        let counts: Vec<usize> = msg.deliveries.iter().map(|d| self.deliver(d)).collect();
+        if let Some(reply) = msg.reply {
+            let _ = reply.send(counts);
+        }
+    }
+
+    /// Fans one event out to every connection in any of its target streams, once each.
+    fn deliver(&mut self, d: &Delivery) -> usize {
+        let skip = d.event.exclude.as_deref().and_then(|c| self.local_id(c));
+        let mut sent = 0;
+        let mut dropped = Vec::new();
+        let mut offer = |id: ConnId, conn: &mut Conn, stream: &str, frame: &Utf8Bytes| {
+            if Some(id) == skip {
+                return;
+            }
+            match conn.offer(&d.event, stream, frame) {
+                Offer::Skipped => {}
+                Offer::Sent => sent += 1,
+                Offer::Dropped(reason) => dropped.push((id, reason)),
+            }
+        };
+        for (target, frame) in d.event.targets.iter().zip(&d.frames) {
+            if target == BROADCAST {
+                for (id, conn) in &mut self.conns {
+                    offer(*id, conn, target, frame);
+                }
+            } else if let Some(subscribers) = self.streams.get(target) {
+                for id in subscribers {
+                    if let Some(conn) = self.conns.get_mut(id) {
+                        offer(*id, conn, target, frame);
+                    }
+                }
+            }
+        }
+        for (id, reason) in dropped {
+            self.drop_conn(id, Some(reason));
+        }
+        self.metrics.events_published.inc();
+        self.metrics.deliveries.inc_by(sent as u64);
+        sent
+    }
+
+    fn local_id(&self, client_id: &str) -> Option<ConnId> {
+        let rest = client_id.strip_prefix(self.handle.node())?.strip_prefix('-')?;
+        rest.parse().ok()
+    }
+
+    fn register(&mut self, new: NewConn) {
+        let id = new.id;
+        let (_, now_ms) = now_rfc3339();
+        let conn = Conn {
+            tx: new.tx,
+            shared: new.shared,
+            identity: new.identity,
+            remote: new.remote,
+            connected_at_ms: now_ms,
+            channels: Vec::new(),
+            last_seq: 0,
+            pending: Vec::new(),
+            live_seqs: Vec::new(),
+        };
+        let auto = conn.identity.auto_streams();
+        self.conns.insert(id, conn);
+        for stream in auto.iter().filter(|s| *s != BROADCAST) {
+            self.join(id, stream);
+        }
+        self.metrics.connections.set(self.conns.len() as i64);
+        self.metrics.connections_total.inc();
+        match new.resume {
+            Some(resume) => self.start_pending(id, PendingKind::Connect, auto, resume),
+            None => {
+                let frame = self.connected_frame(id, None);
+                self.push_or_drop(id, Outbound::Frame(frame));
+            }
+        }
+    }
+
+    fn connected_frame(&self, id: ConnId, recovery: Option<(bool, usize)>) -> Utf8Bytes {
+        let Some(conn) = self.conns.get(&id) else {
+            return Utf8Bytes::from_static("{}");
+        };
+        let who = &conn.identity;
+        let mut frame = json!({
+            "type": "hub:connected",
+            "client_id": self.handle.client_id(id),
+            "user": who.user,
+            "role": who.role(),
+            "roles": who.roles,
+            "channels": who.auto_streams(),
+            "epoch": self.engine.epoch(),
+            "seq": self.engine.current_seq(),
+        });
+        if let Some((recovered, replayed)) = recovery {
+            frame["recovered"] = recovered.into();
+            frame["replayed"] = replayed.into();
+        }
+        to_frame(&frame)
+    }
+
+    /// Marks `streams` as pending for `id` and asks the engine for their history.
+    fn start_pending(&mut self, id: ConnId, kind: PendingKind, streams: Vec<String>, resume: Resume) {
+        let epoch_ok = resume.epoch.as_deref() == Some(self.engine.epoch().as_str());
+        self.start_pending_since(id, kind, streams, Some(resume.since), epoch_ok);
+    }
+
+    fn start_pending_since(&mut self, id: ConnId, kind: PendingKind, streams: Vec<String>, since: Option<u64>, epoch_ok: bool) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        self.next_ticket += 1;
+        let ticket = self.next_ticket;
+        let read_since = if epoch_ok { since } else { None };
+        conn.pending.push(Pending { ticket, kind, streams: streams.clone(), since, epoch_ok, buffer: Vec::new() });
+        let (engine, handle) = (Arc::clone(&self.engine), self.handle.clone());
+        tokio::spawn(async move {
+            let result = engine.replay(streams, read_since).await;
+            handle.send(Command::Replayed { id, ticket, result }).await;
+        });
+    }
+
+    /// Sends the resume reply, the missed events and the buffered live ones, then goes live.
+    fn replayed(&mut self, id: ConnId, ticket: u64, result: Result<Replay, EngineError>) {
+        let epoch = self.engine.epoch();
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let Some(index) = conn.pending.iter().position(|p| p.ticket == ticket) else { return };
+        let pending = conn.pending.remove(index);
+        let (replay, engine_ok) = match result {
+            Ok(replay) => (replay, true),
+            Err(e) => {
+                tracing::warn!(error = %e, conn = id, "history unavailable for resume");
+                (Replay::default(), false)
+            }
+        };
+        let mut events = Vec::new();
+        let mut replayed_seqs = Vec::new();
+        if let Some(since) = pending.since.filter(|_| pending.epoch_ok) {
+            for event in replay.events.iter().filter(|e| e.seq > since) {
+                if conn.live_seqs.contains(&event.seq) {
+                    continue;
+                }
+                let label = pending.streams.iter().find(|s| event.targets.contains(s)).map_or(BROADCAST, String::as_str);
+                events.push(event.frame(label, &epoch));
+                replayed_seqs.push(event.seq);
+            }
+        }
+        let recovery = pending.since.map(|_| (pending.epoch_ok && engine_ok && replay.recovered, replayed_seqs.len()));
+        for (event, frame) in pending.buffer {
+            if replayed_seqs.binary_search(&event.seq).is_err() {
+                events.push(frame);
+            }
+        }
+        if conn.pending.is_empty() {
+            conn.live_seqs.clear();
+        }
+        let reply = match &pending.kind {
+            PendingKind::Connect => self.connected_frame(id, recovery),
+            PendingKind::Subscribe(channel) => subscribed_frame(channel, &epoch, replay.head, recovery),
+        };
+        let mut frames = Vec::with_capacity(events.len() + 1);
+        frames.push(reply);
+        frames.extend(events);
+        self.push_or_drop(id, Outbound::Batch(frames));
+    }
+
+    fn subscribe(&mut self, id: ConnId, channel: String, resume: Option<Resume>) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let known = conn.in_stream(&channel);
+        if !known && conn.channels.len() >= MAX_SUBSCRIPTIONS {
+            let msg = format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection");
+            self.push_or_drop(id, Outbound::Frame(error_frame("limit", &msg, Some(&channel))));
+            return;
+        }
+        if !known {
+            conn.channels.push(channel.clone());
+            self.join(id, &channel);
+        }
+        let (since, epoch_ok) = match &resume {
+            Some(r) => (Some(r.since), r.epoch.as_deref() == Some(self.engine.epoch().as_str())),
+            None => (None, true),
+        };
+        self.start_pending_since(id, PendingKind::Subscribe(channel.clone()), vec![channel], since, epoch_ok);
+    }
+
+    fn unsubscribe(&mut self, id: ConnId, channel: &str) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let frame = match conn.channels.iter().position(|c| c == channel) {
+            Some(index) => {
+                conn.channels.swap_remove(index);
+                conn.pending.retain(|p| !matches!(&p.kind, PendingKind::Subscribe(c) if c == channel));
+                self.leave(id, channel);
+                to_frame(&json!({"type": "hub:unsubscribed", "channel": channel}))
+            }
+            None if conn.identity.auto_streams().iter().any(|s| s == channel) => {
+                error_frame("forbidden", "automatic streams cannot be left", Some(channel))
+            }
+            None => error_frame("not_subscribed", "not subscribed to this channel", Some(channel)),
+        };
+        self.push_or_drop(id, Outbound::Frame(frame));
+    }
+
+    fn identify(&mut self, id: ConnId, identity: Identity) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let old: HashSet<String> = conn.identity.auto_streams().into_iter().collect();
+        let new: HashSet<String> = identity.auto_streams().into_iter().collect();
+        conn.identity = identity;
+        let frame = to_frame(&json!({
+            "type": "hub:authenticated",
+            "user": conn.identity.user,
+            "role": conn.identity.role(),
+            "roles": conn.identity.roles,
+            "exp": conn.identity.exp,
+            "channels": conn.identity.auto_streams(),
+        }));
+        for stream in old.difference(&new) {
+            self.leave(id, stream);
+        }
+        for stream in new.difference(&old) {
+            self.join(id, stream);
+        }
+        self.push_or_drop(id, Outbound::Frame(frame));
+    }
+
+    fn join(&mut self, id: ConnId, stream: &str) {
+        if stream == BROADCAST {
+            return;
+        }
+        let subscribers = self.streams.entry(stream.to_string()).or_default();
+        subscribers.insert(id);
+        if subscribers.len() == 1 {
+            self.engine.stream_opened(stream);
+            self.metrics.channels.set(self.streams.len() as i64);
+        }
+        self.presence_event("hub:join", id, stream);
+    }
+
+    fn leave(&mut self, id: ConnId, stream: &str) {
+        let Some(subscribers) = self.streams.get_mut(stream) else { return };
+        subscribers.remove(&id);
+        if subscribers.is_empty() {
+            self.streams.remove(stream);
+            self.engine.stream_closed(stream);
+            self.metrics.channels.set(self.streams.len() as i64);
+        }
+        self.presence_event("hub:leave", id, stream);
+    }
+
+    /// Tells a presence-enabled channel that a user's first connection joined or last one left.
+    fn presence_event(&mut self, kind: &str, id: ConnId, stream: &str) {
+        if !self.namespaces.find(stream).is_some_and(|ns| ns.presence) {
+            return;
+        }
+        let Some(user) = self.conns.get(&id).and_then(|c| c.identity.user.clone()) else { return };
+        let Some(subscribers) = self.streams.get(stream) else { return };
+        let others = subscribers.iter().filter(|s| **s != id);
+        let user_count = others.clone().filter(|s| self.conns.get(s).and_then(|c| c.identity.user.as_ref()) == Some(&user)).count();
+        if user_count > 0 {
+            return;
+        }
+        let frame = to_frame(&json!({"type": kind, "channel": stream, "user": user}));
+        let targets: Vec<ConnId> = others.copied().collect();
+        for target in targets {
+            self.push_or_drop(target, Outbound::Frame(frame.clone()));
+        }
+    }
+
+    fn push_or_drop(&mut self, id: ConnId, out: Outbound) {
+        let Some(conn) = self.conns.get(&id) else { return };
+        if let Offer::Dropped(reason) = conn.push(out) {
+            self.drop_conn(id, Some(reason));
+        }
+    }
+
+    /// The one exit point of a connection: out of every stream, closed with `reason` if given.
+    fn drop_conn(&mut self, id: ConnId, reason: Option<CloseReason>) {
+        let Some(conn) = self.conns.get(&id) else { return };
+        let streams: Vec<String> = conn.identity.auto_streams().into_iter().chain(conn.channels.iter().cloned()).collect();
+        // Leave while still registered: presence events need the leaver's identity.
+        for stream in &streams {
+            self.leave(id, stream);
+        }
+        let Some(conn) = self.conns.remove(&id) else { return };
+        if let Some(reason) = reason {
+            if reason == CloseReason::SlowConsumer {
+                self.metrics.slow_consumers.inc();
+                tracing::warn!(client = %self.handle.client_id(id), user = ?conn.identity.user, "slow consumer disconnected");
+            }
+            conn.shared.close(reason);
+        }
+        self.metrics.connections.set(self.conns.len() as i64);
+    }
+
+    fn kick(&mut self, client_id: Option<&str>, user: Option<&str>) -> usize {
+        let by_client = client_id.and_then(|c| self.local_id(c));
+        let targets: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(id, conn)| Some(**id) == by_client || (user.is_some() && conn.identity.user.as_deref() == user))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &targets {
+            self.drop_conn(*id, Some(CloseReason::Kicked));
+        }
+        targets.len()
+    }
+
+    fn clients(&self, offset: usize, limit: usize) -> (usize, Vec<ClientInfo>) {
+        let mut ids: Vec<&ConnId> = self.conns.keys().collect();
+        ids.sort_unstable();
+        let page = ids
+            .into_iter()
+            .skip(offset)
+            .take(limit)
+            .filter_map(|id| self.conns.get(id).map(|c| (id, c)))
+            .map(|(id, c)| ClientInfo {
+                client_id: self.handle.client_id(*id),
+                user: c.identity.user.clone(),
+                roles: c.identity.roles.clone(),
+                channels: c.channels.clone(),
+                remote: c.remote.to_string(),
+                connected_at_ms: c.connected_at_ms,
+                last_activity_ms: c.shared.last_activity_ms(),
+            })
+            .collect();
+        (self.conns.len(), page)
+    }
+
+    fn channel_counts(&self) -> Vec<(String, usize)> {
+        let mut list: Vec<(String, usize)> = self.streams.iter().map(|(name, subs)| (name.clone(), subs.len())).collect();
+        list.push((BROADCAST.to_string(), self.conns.len()));
+        list.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        list
+    }
+
+    fn presence(&self, channel: &str) -> (Vec<(String, usize)>, usize) {
+        let ids: Vec<ConnId> = if channel == BROADCAST {
+            self.conns.keys().copied().collect()
+        } else {
+            self.streams.get(channel).map(|s| s.iter().copied().collect()).unwrap_or_default()
+        };
+        let mut users: HashMap<String, usize> = HashMap::new();
+        let mut anonymous = 0;
+        for conn in ids.iter().filter_map(|id| self.conns.get(id)) {
+            match &conn.identity.user {
+                Some(user) => *users.entry(user.clone()).or_default() += 1,
+                None => anonymous += 1,
+            }
+        }
+        let mut users: Vec<(String, usize)> = users.into_iter().collect();
+        users.sort();
+        (users, anonymous)
+    }
+
+    fn stats(&self) -> HubStats {
+        let mut stats = HubStats { connections: self.conns.len(), ..Default::default() };
+        for conn in self.conns.values() {
+            if conn.identity.is_authenticated() {
+                stats.authenticated += 1;
+            } else {
+                stats.anonymous += 1;
+            }
+            for role in &conn.identity.roles {
+                *stats.by_role.entry(role.clone()).or_default() += 1;
+            }
+        }
+        let mut channels = self.channel_counts();
+        stats.channels = channels.len();
+        channels.truncate(20);
+        stats.top_channels = channels;
+        stats
+    }
+}
+
+fn subscribed_frame(channel: &str, epoch: &str, head: u64, recovery: Option<(bool, usize)>) -> Utf8Bytes {
+    let mut frame = json!({"type": "hub:subscribed", "channel": channel, "epoch": epoch, "seq": head});
+    if let Some((recovered, replayed)) = recovery {
+        frame["recovered"] = recovered.into();
+        frame["replayed"] = replayed.into();
+    }
+    to_frame(&frame)
+}

@@ -1,0 +1,106 @@
+//! wshub: a single-binary real-time notification hub. Backends `POST /notify`; clients on
+//! `/ws` receive the events at once, targeted by channel, user or role, with resume.
+//!
+//! # Layout
+//! - [`config`]: the clap configuration (every flag also a `WSHUB_*` variable).
+//! - [`namespace`]: per-prefix channel rules from `--config`.
+//! - [`protocol`]: client and server frames, events, close codes.
+//! - [`auth`]: JWT identity, subscribe permissions, the API-key rule.
+//! - [`hub`]: the actor owning connections and streams; fan-out and exact resume.
+//! - [`connection`]: one socket's reader and writer tasks.
+//! - [`engine`]: where positions, history and delivery live (`memory`; Redis for clusters).
+//! - [`history`]: per-stream in-memory history.
+//! - [`idempotency`]: once-only publish by key.
+//! - [`metrics`]: Prometheus counters.
+//! - [`http`]: the router and handlers.
+//! - [`app`]: state shared by handlers and connections.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod connection;
+pub mod engine;
+pub mod history;
+pub mod http;
+pub mod hub;
+pub mod idempotency;
+pub mod metrics;
+pub mod namespace;
+pub mod protocol;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::app::AppState;
+use crate::auth::Verifier;
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::engine::memory::MemoryEngine;
+use crate::hub::{Command, Hub};
+use crate::metrics::Metrics;
+
+/// Why the hub could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The JWT key could not be loaded.
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
+    /// Metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// Serving failed.
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves the hub on `listener` until `shutdown` is cancelled, then closes every connection with
+/// 1001 and waits for them (at most `--shutdown-timeout`).
+pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    let verifier = match (&config.jwt_secret, &config.jwt_public_key) {
+        (Some(secret), _) => Some(Verifier::hs256(secret)),
+        (None, Some(path)) => Some(Verifier::from_pem_file(path)?),
+        (None, None) => None,
+    };
+    let metrics = Arc::new(Metrics::new()?);
+    let node = engine::memory::new_epoch()[..6].to_string();
+    let (hub, inbox) = hub::channel(&node);
+    let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new(hub.clone(), &config));
+    let actor = Hub::new(hub.clone(), Arc::clone(&engine), Arc::clone(&metrics), config.namespaces.clone());
+    let hub_task = tokio::spawn(actor.run(inbox));
+    let shutdown_timeout = config.shutdown_timeout;
+    let app = Arc::new(AppState {
+        config,
+        hub: hub.clone(),
+        engine,
+        verifier,
+        metrics,
+        started: Instant::now(),
+        shutdown: shutdown.clone(),
+        connections: TaskTracker::new(),
+    });
+    let router = http::router(Arc::clone(&app));
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    let server_stop = CancellationToken::new();
+    let serve = axum::serve(listener, service).with_graceful_shutdown(server_stop.clone().cancelled_owned());
+    let server = tokio::spawn(async move { serve.await });
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: closing connections with 1001");
+    hub.send(Command::Shutdown).await;
+    let _ = hub_task.await;
+    app.connections.close();
+    if tokio::time::timeout(shutdown_timeout, app.connections.wait()).await.is_err() {
+        tracing::warn!("some connections did not close within {shutdown_timeout:?}");
+    }
+    server_stop.cancel();
+    match tokio::time::timeout(shutdown_timeout, server).await {
+        Ok(Ok(result)) => result?,
+        Ok(Err(join)) => tracing::error!(error = %join, "server task failed"),
+        Err(_) => tracing::warn!("HTTP server did not stop within {shutdown_timeout:?}"),
+    }
+    Ok(())
+}

@@ -1,0 +1,72 @@
+//! The `wshub` binary: parse configuration, set up logging, bind, run until SIGINT/SIGTERM.
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+use wshub::config::{Config, LogFormat};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = match Config::load() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("wshub: {err}");
+            std::process::exit(2);
+        }
+    };
+    init_tracing(config.log_format);
+    let listener = TcpListener::bind(config.addr).await.with_context(|| format!("cannot listen on {}", config.addr))?;
+    let addr = listener.local_addr()?;
+    if config.cors_origins.is_empty() && !addr.ip().is_loopback() {
+        tracing::warn!("listening on {addr} with CORS open to any origin; restrict it with --cors-origins");
+    }
+    if config.api_key.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!("no --api-key: /notify and admin endpoints accept only loopback clients");
+    }
+    tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "wshub listening: test page http://{addr}/, WebSocket ws://{addr}/ws");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(wait_for_signal(shutdown.clone()));
+    wshub::run(listener, config, shutdown).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Cancels `shutdown` on Ctrl-C (all platforms) or SIGTERM (Unix).
+async fn wait_for_signal(shutdown: CancellationToken) {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("signal received");
+    shutdown.cancel();
+}
