@@ -21,7 +21,9 @@ use crate::app::AppState;
 use crate::auth::{AuthError, EXP_LEEWAY_S, Identity, may_subscribe};
 use crate::engine::NewEvent;
 use crate::hub::{Command, ConnId, NewConn, Outbound, Resume};
-use crate::protocol::{ClientMessage, CloseReason, error_frame, now_rfc3339, to_frame, validate_channel};
+use crate::protocol::{
+    ClientMessage, CloseReason, error_frame, now_rfc3339, to_frame, validate_channel,
+};
 
 /// Most frames the writer sends with one flush.
 const MAX_BATCH: usize = 64;
@@ -37,12 +39,18 @@ pub struct ConnShared {
 
 impl ConnShared {
     fn new() -> Self {
-        Self { token: CancellationToken::new(), reason: AtomicU16::new(0), last_activity_ms: AtomicU64::new(unix_ms()) }
+        Self {
+            token: CancellationToken::new(),
+            reason: AtomicU16::new(0),
+            last_activity_ms: AtomicU64::new(unix_ms()),
+        }
     }
 
     /// Closes the connection with `reason` (the first reason given wins).
     pub fn close(&self, reason: CloseReason) {
-        let _ = self.reason.compare_exchange(0, reason.code(), Ordering::AcqRel, Ordering::Acquire);
+        let _ = self
+            .reason
+            .compare_exchange(0, reason.code(), Ordering::AcqRel, Ordering::Acquire);
         self.token.cancel();
     }
 
@@ -66,7 +74,9 @@ impl ConnShared {
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// How the upgrade request identified the client.
@@ -80,13 +90,28 @@ pub enum Handshake {
 }
 
 /// Serves one upgraded socket until it closes.
-pub async fn serve(socket: WebSocket, app: Arc<AppState>, handshake: Handshake, remote: SocketAddr, resume: Option<Resume>) {
+pub async fn serve(
+    socket: WebSocket,
+    app: Arc<AppState>,
+    handshake: Handshake,
+    remote: SocketAddr,
+    resume: Option<Resume>,
+) {
     let id = app.hub.next_id();
     let span = tracing::info_span!("conn", client = %app.hub.client_id(id), peer = %remote, user = tracing::field::Empty);
-    serve_inner(socket, app, handshake, remote, resume, id).instrument(span).await;
+    serve_inner(socket, app, handshake, remote, resume, id)
+        .instrument(span)
+        .await;
 }
 
-async fn serve_inner(socket: WebSocket, app: Arc<AppState>, handshake: Handshake, remote: SocketAddr, resume: Option<Resume>, id: ConnId) {
+async fn serve_inner(
+    socket: WebSocket,
+    app: Arc<AppState>,
+    handshake: Handshake,
+    remote: SocketAddr,
+    resume: Option<Resume>,
+    id: ConnId,
+) {
     let started = Instant::now();
     let (mut sink, mut stream) = socket.split();
     let identity = match handshake {
@@ -102,20 +127,46 @@ async fn serve_inner(socket: WebSocket, app: Arc<AppState>, handshake: Handshake
     }
     let shared = Arc::new(ConnShared::new());
     let (tx, rx) = mpsc::channel(app.config.send_queue as usize);
-    let new = NewConn { id, identity: identity.clone(), tx: tx.clone(), shared: Arc::clone(&shared), remote, resume };
+    let new = NewConn {
+        id,
+        identity: identity.clone(),
+        tx: tx.clone(),
+        shared: Arc::clone(&shared),
+        remote,
+        resume,
+    };
     if !app.hub.send(Command::Register(new)).await {
         let _ = sink.send(close_message(CloseReason::GoingAway)).await;
         return;
     }
     tracing::info!("connection open");
-    let writer = tokio::spawn(write_loop(sink, rx, Arc::clone(&shared), app.config.ping_interval, app.config.write_timeout));
-    let mut reader = Reader { app: Arc::clone(&app), id, identity, shared: Arc::clone(&shared), tx };
+    let writer = tokio::spawn(write_loop(
+        sink,
+        rx,
+        Arc::clone(&shared),
+        app.config.ping_interval,
+        app.config.write_timeout,
+    ));
+    let mut reader = Reader {
+        app: Arc::clone(&app),
+        id,
+        identity,
+        shared: Arc::clone(&shared),
+        tx,
+    };
     reader.run(&mut stream).await;
     shared.stop();
     app.hub.send(Command::Unregister(id)).await;
     let _ = writer.await;
+    if shared.reason().is_some() {
+        drain_until_closed(&mut stream).await;
+    }
     let reason = shared.reason().map_or("peer closed", CloseReason::text);
-    tracing::info!(reason, duration_ms = started.elapsed().as_millis() as u64, "connection closed");
+    tracing::info!(
+        reason,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "connection closed"
+    );
 }
 
 /// Sends `hub:error unauthorized` and closes with 4001.
@@ -136,22 +187,57 @@ async fn refuse(app: &AppState, sink: &mut SplitSink<WebSocket, Message>, err: &
 }
 
 /// Waits for the first frame to be a valid `auth` within the configured time.
-async fn await_auth(app: &AppState, stream: &mut SplitStream<WebSocket>) -> Result<Identity, AuthError> {
-    let missing = || AuthError::Invalid("a token is required: pass ?token=, Authorization: Bearer, or send {\"type\":\"auth\",\"token\":...} first".into());
-    let first = timeout(app.config.auth_timeout, stream.next()).await.map_err(|_| missing())?;
-    let Some(Ok(Message::Text(text))) = first else { return Err(missing()) };
+async fn await_auth(
+    app: &AppState,
+    stream: &mut SplitStream<WebSocket>,
+) -> Result<Identity, AuthError> {
+    let missing = || {
+        AuthError::Invalid("a token is required: pass ?token=, Authorization: Bearer, or send {\"type\":\"auth\",\"token\":...} first".into())
+    };
+    let first = timeout(app.config.auth_timeout, stream.next())
+        .await
+        .map_err(|_| missing())?;
+    let Some(Ok(Message::Text(text))) = first else {
+        return Err(missing());
+    };
     match serde_json::from_str::<ClientMessage>(&text) {
-        Ok(ClientMessage::Auth { token }) => app.verifier.as_ref().ok_or(AuthError::NotConfigured)?.verify(&token),
+        Ok(ClientMessage::Auth { token }) => app
+            .verifier
+            .as_ref()
+            .ok_or(AuthError::NotConfigured)?
+            .verify(&token),
         _ => Err(missing()),
     }
 }
 
+/// After our close frame, reads until the peer's close (at most [`CLOSE_WAIT`]) so that closing
+/// the socket with unread data does not reset the connection before the peer reads our frame.
+async fn drain_until_closed(stream: &mut SplitStream<WebSocket>) {
+    let _ = timeout(CLOSE_WAIT, async {
+        while let Some(Ok(message)) = stream.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 fn close_message(reason: CloseReason) -> Message {
-    Message::Close(Some(CloseFrame { code: reason.code(), reason: Utf8Bytes::from_static(reason.text()) }))
+    Message::Close(Some(CloseFrame {
+        code: reason.code(),
+        reason: Utf8Bytes::from_static(reason.text()),
+    }))
 }
 
 /// Drains the send queue to the socket; pings on schedule; sends the close frame at the end.
-async fn write_loop(mut sink: SplitSink<WebSocket, Message>, mut rx: mpsc::Receiver<Outbound>, shared: Arc<ConnShared>, ping_every: Duration, write_timeout: Duration) {
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Outbound>,
+    shared: Arc<ConnShared>,
+    ping_every: Duration,
+    write_timeout: Duration,
+) {
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
     let mut batch: Vec<Utf8Bytes> = Vec::new();
     loop {
@@ -190,7 +276,10 @@ fn collect(batch: &mut Vec<Utf8Bytes>, out: Outbound) {
     }
 }
 
-async fn send_all(sink: &mut SplitSink<WebSocket, Message>, batch: &mut Vec<Utf8Bytes>) -> Result<(), axum::Error> {
+async fn send_all(
+    sink: &mut SplitSink<WebSocket, Message>,
+    batch: &mut Vec<Utf8Bytes>,
+) -> Result<(), axum::Error> {
     for frame in batch.drain(..) {
         sink.feed(Message::Text(frame)).await?;
     }
@@ -264,24 +353,45 @@ impl Reader {
         let message = match serde_json::from_str::<ClientMessage>(text) {
             Ok(message) => message,
             Err(err) => {
-                let code = if serde_json::from_str::<serde_json::Value>(text).is_ok() { "bad_message" } else { "bad_json" };
+                let code = if serde_json::from_str::<serde_json::Value>(text).is_ok() {
+                    "bad_message"
+                } else {
+                    "bad_json"
+                };
                 return self.send(error_frame(code, &err.to_string(), None));
             }
         };
         match message {
             ClientMessage::Ping => {
                 let (timestamp, _) = now_rfc3339();
-                self.send(to_frame(&json!({"type": "hub:pong", "timestamp": timestamp})));
+                self.send(to_frame(
+                    &json!({"type": "hub:pong", "timestamp": timestamp}),
+                ));
             }
-            ClientMessage::Subscribe { channel, since, epoch } => self.subscribe(channel, since, epoch).await,
+            ClientMessage::Subscribe {
+                channel,
+                since,
+                epoch,
+            } => self.subscribe(channel, since, epoch).await,
             ClientMessage::Unsubscribe { channel } => match validate_channel(&channel) {
                 Ok(()) => {
-                    self.app.hub.send(Command::Unsubscribe { id: self.id, channel }).await;
+                    self.app
+                        .hub
+                        .send(Command::Unsubscribe {
+                            id: self.id,
+                            channel,
+                        })
+                        .await;
                 }
                 Err(err) => self.send(error_frame("bad_channel", &err.to_string(), Some(&channel))),
             },
             ClientMessage::Auth { token } => self.reauthenticate(&token).await,
-            ClientMessage::Publish { channel, event, message, data } => self.publish(channel, event, message, data).await,
+            ClientMessage::Publish {
+                channel,
+                event,
+                message,
+                data,
+            } => self.publish(channel, event, message, data).await,
             ClientMessage::Ack { .. } => {}
         }
     }
@@ -291,37 +401,85 @@ impl Reader {
             return self.send(error_frame(err.code(), &err.to_string(), Some(&channel)));
         }
         let resume = since.map(|since| Resume { since, epoch });
-        self.app.hub.send(Command::Subscribe { id: self.id, channel, resume }).await;
+        self.app
+            .hub
+            .send(Command::Subscribe {
+                id: self.id,
+                channel,
+                resume,
+            })
+            .await;
     }
 
     async fn reauthenticate(&mut self, token: &str) {
         let Some(verifier) = &self.app.verifier else {
-            return self.send(error_frame("unauthorized", "this hub has no JWT key configured", None));
+            return self.send(error_frame(
+                "unauthorized",
+                "this hub has no JWT key configured",
+                None,
+            ));
         };
         match verifier.verify(token) {
             Ok(identity) if self.identity.user.is_some() && identity.user != self.identity.user => {
-                self.send(error_frame("unauthorized", "a connection cannot change its user; reconnect instead", None));
+                self.send(error_frame(
+                    "unauthorized",
+                    "a connection cannot change its user; reconnect instead",
+                    None,
+                ));
             }
             Ok(identity) => {
                 self.identity = identity.clone();
-                self.app.hub.send(Command::Identify { id: self.id, identity }).await;
+                self.app
+                    .hub
+                    .send(Command::Identify {
+                        id: self.id,
+                        identity,
+                    })
+                    .await;
             }
             Err(err) => {
-                self.app.metrics.auth_failures.with_label_values(&["invalid"]).inc();
+                self.app
+                    .metrics
+                    .auth_failures
+                    .with_label_values(&["invalid"])
+                    .inc();
                 self.send(error_frame("unauthorized", &err.to_string(), None));
             }
         }
     }
 
-    async fn publish(&mut self, channel: String, event: String, message: String, data: Option<Box<serde_json::value::RawValue>>) {
-        let allowed = self.app.config.namespaces.find(&channel).is_some_and(|ns| ns.publish)
+    async fn publish(
+        &mut self,
+        channel: String,
+        event: String,
+        message: String,
+        data: Option<Box<serde_json::value::RawValue>>,
+    ) {
+        let allowed = self
+            .app
+            .config
+            .namespaces
+            .find(&channel)
+            .is_some_and(|ns| ns.publish)
             && may_subscribe(&self.identity, &channel, &self.app.config.namespaces).is_ok();
         if !allowed {
-            self.app.metrics.publish_rejected.with_label_values(&["client_forbidden"]).inc();
-            return self.send(error_frame("publish_forbidden", "clients may not publish to this channel", Some(&channel)));
+            self.app
+                .metrics
+                .publish_rejected
+                .with_label_values(&["client_forbidden"])
+                .inc();
+            return self.send(error_frame(
+                "publish_forbidden",
+                "clients may not publish to this channel",
+                Some(&channel),
+            ));
         }
         if event.is_empty() || event.starts_with("hub:") {
-            return self.send(error_frame("bad_message", "event must be non-empty and not start with hub:", Some(&channel)));
+            return self.send(error_frame(
+                "bad_message",
+                "event must be non-empty and not start with hub:",
+                Some(&channel),
+            ));
         }
         let new = NewEvent {
             kind: event,
@@ -334,7 +492,9 @@ impl Reader {
         match self.app.engine.publish(vec![new], None).await {
             Ok(published) => {
                 let id = published.first().map(|p| p.id.clone());
-                self.send(to_frame(&json!({"type": "hub:published", "channel": channel, "id": id})));
+                self.send(to_frame(
+                    &json!({"type": "hub:published", "channel": channel, "id": id}),
+                ));
             }
             Err(err) => self.send(error_frame("internal", &err.to_string(), Some(&channel))),
         }

@@ -38,7 +38,13 @@ pub struct History {
 impl History {
     /// Empty history keeping `size` events per stream for `ttl_ms` milliseconds.
     pub fn new(size: usize, ttl_ms: u64) -> Self {
-        Self { streams: HashMap::new(), default_size: size, ttl_ms, forgotten_upto: 0, bytes: 0 }
+        Self {
+            streams: HashMap::new(),
+            default_size: size,
+            ttl_ms,
+            forgotten_upto: 0,
+            bytes: 0,
+        }
     }
 
     /// Approximate bytes held.
@@ -62,7 +68,9 @@ impl History {
             while stream.events.len() > limit {
                 if let Some(old) = stream.events.pop_front() {
                     stream.trimmed_upto = stream.trimmed_upto.max(old.seq);
-                    self.bytes = self.bytes.saturating_sub(old.heap_bytes() / old.targets.len().max(1));
+                    self.bytes = self
+                        .bytes
+                        .saturating_sub(old.heap_bytes() / old.targets.len().max(1));
                 }
             }
         }
@@ -74,7 +82,11 @@ impl History {
         let mut freed = 0;
         let mut forgotten = self.forgotten_upto;
         self.streams.retain(|_, stream| {
-            while stream.events.front().is_some_and(|e| e.accepted_ms < cutoff) {
+            while stream
+                .events
+                .front()
+                .is_some_and(|e| e.accepted_ms < cutoff)
+            {
                 if let Some(old) = stream.events.pop_front() {
                     stream.trimmed_upto = stream.trimmed_upto.max(old.seq);
                     freed += old.heap_bytes() / old.targets.len().max(1);
@@ -92,7 +104,10 @@ impl History {
 
     /// Newest seq in a stream (0 when it has none).
     pub fn head(&self, stream: &str) -> u64 {
-        self.streams.get(stream).and_then(|s| s.events.back()).map_or(0, |e| e.seq)
+        self.streams
+            .get(stream)
+            .and_then(|s| s.events.back())
+            .map_or(0, |e| e.seq)
     }
 
     /// Everything after `since` in `streams`, merged by seq without duplicates.
@@ -100,7 +115,11 @@ impl History {
     pub fn replay(&self, streams: &[String], since: Option<u64>) -> Replay {
         let head = streams.iter().map(|s| self.head(s)).max().unwrap_or(0);
         let Some(since) = since else {
-            return Replay { events: Vec::new(), recovered: true, head };
+            return Replay {
+                events: Vec::new(),
+                recovered: true,
+                head,
+            };
         };
         let mut recovered = true;
         let mut events: Vec<Arc<Event>> = Vec::new();
@@ -115,25 +134,44 @@ impl History {
         }
         events.sort_by_key(|e| e.seq);
         events.dedup_by_key(|e| e.seq);
-        Replay { events, recovered, head }
+        Replay {
+            events,
+            recovered,
+            head,
+        }
     }
 
     /// One page of a stream's history: events with `seq > since`, oldest first, at most `limit`.
     pub fn page(&self, stream: &str, since: u64, limit: usize) -> Vec<Arc<Event>> {
         self.streams
             .get(stream)
-            .map(|s| s.events.iter().filter(|e| e.seq > since).take(limit).cloned().collect())
+            .map(|s| {
+                s.events
+                    .iter()
+                    .filter(|e| e.seq > since)
+                    .take(limit)
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
     /// Finds an event by id in a stream's kept history (newest first).
     pub fn find(&self, id: &str) -> Option<Arc<Event>> {
-        self.streams.values().flat_map(|s| s.events.iter().rev()).find(|e| e.id == id).cloned()
+        self.streams
+            .values()
+            .flat_map(|s| s.events.iter().rev())
+            .find(|e| e.id == id)
+            .cloned()
     }
 
     /// The latest `limit` events across all streams, newest first.
     pub fn latest(&self, limit: usize) -> Vec<Arc<Event>> {
-        let mut all: Vec<Arc<Event>> = self.streams.values().flat_map(|s| s.events.iter().cloned()).collect();
+        let mut all: Vec<Arc<Event>> = self
+            .streams
+            .values()
+            .flat_map(|s| s.events.iter().cloned())
+            .collect();
         all.sort_by_key(|e| std::cmp::Reverse(e.seq));
         all.dedup_by_key(|e| e.seq);
         all.truncate(limit);
@@ -169,7 +207,10 @@ mod tests {
         h.append(&ev(3, &["b"], 0), |_| None);
         let r = h.replay(&["a".into(), "b".into()], Some(1));
         assert!(r.recovered);
-        assert_eq!(r.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(
+            r.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
         assert_eq!(r.head, 3);
     }
 

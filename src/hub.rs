@@ -26,7 +26,9 @@ use crate::engine::{Engine, EngineError};
 use crate::history::Replay;
 use crate::metrics::Metrics;
 use crate::namespace::Namespaces;
-use crate::protocol::{BROADCAST, CloseReason, Delivery, Event, error_frame, now_rfc3339, to_frame};
+use crate::protocol::{
+    BROADCAST, CloseReason, Delivery, Event, error_frame, now_rfc3339, to_frame,
+};
 
 /// A connection's number, unique in this process.
 pub type ConnId = u64;
@@ -208,7 +210,10 @@ impl HubHandle {
     }
 
     /// Sends a query and waits for its reply.
-    pub async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, EngineError> {
+    pub async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, EngineError> {
         let (tx, rx) = oneshot::channel();
         if !self.send(make(tx)).await {
             return Err(EngineError::Stopped);
@@ -217,8 +222,14 @@ impl HubHandle {
     }
 
     /// Hands events to the hub in order without waiting.
-    pub fn deliver(&self, deliveries: Vec<Delivery>, reply: Option<oneshot::Sender<Vec<usize>>>) -> Result<(), EngineError> {
-        self.deliveries.send(DeliverMsg { deliveries, reply }).map_err(|_| EngineError::Stopped)
+    pub fn deliver(
+        &self,
+        deliveries: Vec<Delivery>,
+        reply: Option<oneshot::Sender<Vec<usize>>>,
+    ) -> Result<(), EngineError> {
+        self.deliveries
+            .send(DeliverMsg { deliveries, reply })
+            .map_err(|_| EngineError::Stopped)
     }
 
     /// A fresh connection number.
@@ -247,8 +258,19 @@ pub struct HubInbox {
 pub fn channel(node: &str) -> (HubHandle, HubInbox) {
     let (ctx, crx) = mpsc::channel(COMMAND_QUEUE);
     let (dtx, drx) = mpsc::unbounded_channel();
-    let handle = HubHandle { commands: ctx, deliveries: dtx, next_id: Arc::new(AtomicU64::new(0)), node: node.into() };
-    (handle, HubInbox { commands: crx, deliveries: drx })
+    let handle = HubHandle {
+        commands: ctx,
+        deliveries: dtx,
+        next_id: Arc::new(AtomicU64::new(0)),
+        node: node.into(),
+    };
+    (
+        handle,
+        HubInbox {
+            commands: crx,
+            deliveries: drx,
+        },
+    )
 }
 
 enum PendingKind {
@@ -292,7 +314,11 @@ impl Conn {
             return Offer::Skipped;
         }
         self.last_seq = event.seq;
-        if let Some(p) = self.pending.iter_mut().find(|p| p.streams.iter().any(|s| s == stream)) {
+        if let Some(p) = self
+            .pending
+            .iter_mut()
+            .find(|p| p.streams.iter().any(|s| s == stream))
+        {
             p.buffer.push((Arc::clone(event), frame.clone()));
             return Offer::Sent;
         }
@@ -311,7 +337,8 @@ impl Conn {
     }
 
     fn in_stream(&self, stream: &str) -> bool {
-        self.channels.iter().any(|c| c == stream) || self.identity.auto_streams().iter().any(|s| s == stream)
+        self.channels.iter().any(|c| c == stream)
+            || self.identity.auto_streams().iter().any(|s| s == stream)
     }
 }
 
@@ -328,8 +355,21 @@ pub struct Hub {
 
 impl Hub {
     /// A hub delivering for `engine`.
-    pub fn new(handle: HubHandle, engine: Arc<dyn Engine>, metrics: Arc<Metrics>, namespaces: Namespaces) -> Self {
-        Self { conns: HashMap::new(), streams: HashMap::new(), engine, handle, metrics, namespaces, next_ticket: 0 }
+    pub fn new(
+        handle: HubHandle,
+        engine: Arc<dyn Engine>,
+        metrics: Arc<Metrics>,
+        namespaces: Namespaces,
+    ) -> Self {
+        Self {
+            conns: HashMap::new(),
+            streams: HashMap::new(),
+            engine,
+            handle,
+            metrics,
+            namespaces,
+            next_ticket: 0,
+        }
     }
 
     /// Runs until a `Shutdown` command or until every handle is dropped.
@@ -354,14 +394,26 @@ impl Hub {
         match command {
             Command::Register(new) => self.register(new),
             Command::Unregister(id) => self.drop_conn(id, None),
-            Command::Subscribe { id, channel, resume } => self.subscribe(id, channel, resume),
+            Command::Subscribe {
+                id,
+                channel,
+                resume,
+            } => self.subscribe(id, channel, resume),
             Command::Unsubscribe { id, channel } => self.unsubscribe(id, &channel),
             Command::Identify { id, identity } => self.identify(id, identity),
             Command::Replayed { id, ticket, result } => self.replayed(id, ticket, result),
-            Command::Kick { client_id, user, reply } => {
+            Command::Kick {
+                client_id,
+                user,
+                reply,
+            } => {
                 let _ = reply.send(self.kick(client_id.as_deref(), user.as_deref()));
             }
-            Command::Clients { offset, limit, reply } => {
+            Command::Clients {
+                offset,
+                limit,
+                reply,
+            } => {
                 let _ = reply.send(self.clients(offset, limit));
             }
             Command::Channels { reply } => {
@@ -421,7 +473,9 @@ impl Hub {
     }
 
     fn local_id(&self, client_id: &str) -> Option<ConnId> {
-        let rest = client_id.strip_prefix(self.handle.node())?.strip_prefix('-')?;
+        let rest = client_id
+            .strip_prefix(self.handle.node())?
+            .strip_prefix('-')?;
         rest.parse().ok()
     }
 
@@ -478,17 +532,39 @@ impl Hub {
     }
 
     /// Marks `streams` as pending for `id` and asks the engine for their history.
-    fn start_pending(&mut self, id: ConnId, kind: PendingKind, streams: Vec<String>, resume: Resume) {
+    fn start_pending(
+        &mut self,
+        id: ConnId,
+        kind: PendingKind,
+        streams: Vec<String>,
+        resume: Resume,
+    ) {
         let epoch_ok = resume.epoch.as_deref() == Some(self.engine.epoch().as_str());
         self.start_pending_since(id, kind, streams, Some(resume.since), epoch_ok);
     }
 
-    fn start_pending_since(&mut self, id: ConnId, kind: PendingKind, streams: Vec<String>, since: Option<u64>, epoch_ok: bool) {
-        let Some(conn) = self.conns.get_mut(&id) else { return };
+    fn start_pending_since(
+        &mut self,
+        id: ConnId,
+        kind: PendingKind,
+        streams: Vec<String>,
+        since: Option<u64>,
+        epoch_ok: bool,
+    ) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
         self.next_ticket += 1;
         let ticket = self.next_ticket;
         let read_since = if epoch_ok { since } else { None };
-        conn.pending.push(Pending { ticket, kind, streams: streams.clone(), since, epoch_ok, buffer: Vec::new() });
+        conn.pending.push(Pending {
+            ticket,
+            kind,
+            streams: streams.clone(),
+            since,
+            epoch_ok,
+            buffer: Vec::new(),
+        });
         let (engine, handle) = (Arc::clone(&self.engine), self.handle.clone());
         tokio::spawn(async move {
             let result = engine.replay(streams, read_since).await;
@@ -499,8 +575,12 @@ impl Hub {
     /// Sends the resume reply, the missed events and the buffered live ones, then goes live.
     fn replayed(&mut self, id: ConnId, ticket: u64, result: Result<Replay, EngineError>) {
         let epoch = self.engine.epoch();
-        let Some(conn) = self.conns.get_mut(&id) else { return };
-        let Some(index) = conn.pending.iter().position(|p| p.ticket == ticket) else { return };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Some(index) = conn.pending.iter().position(|p| p.ticket == ticket) else {
+            return;
+        };
         let pending = conn.pending.remove(index);
         let (replay, engine_ok) = match result {
             Ok(replay) => (replay, true),
@@ -516,12 +596,21 @@ impl Hub {
                 if conn.live_seqs.contains(&event.seq) {
                     continue;
                 }
-                let label = pending.streams.iter().find(|s| event.targets.contains(s)).map_or(BROADCAST, String::as_str);
+                let label = pending
+                    .streams
+                    .iter()
+                    .find(|s| event.targets.contains(s))
+                    .map_or(BROADCAST, String::as_str);
                 events.push(event.frame(label, &epoch));
                 replayed_seqs.push(event.seq);
             }
         }
-        let recovery = pending.since.map(|_| (pending.epoch_ok && engine_ok && replay.recovered, replayed_seqs.len()));
+        let recovery = pending.since.map(|_| {
+            (
+                pending.epoch_ok && engine_ok && replay.recovered,
+                replayed_seqs.len(),
+            )
+        });
         for (event, frame) in pending.buffer {
             if replayed_seqs.binary_search(&event.seq).is_err() {
                 events.push(frame);
@@ -532,7 +621,9 @@ impl Hub {
         }
         let reply = match &pending.kind {
             PendingKind::Connect => self.connected_frame(id, recovery),
-            PendingKind::Subscribe(channel) => subscribed_frame(channel, &epoch, replay.head, recovery),
+            PendingKind::Subscribe(channel) => {
+                subscribed_frame(channel, &epoch, replay.head, recovery)
+            }
         };
         let mut frames = Vec::with_capacity(events.len() + 1);
         frames.push(reply);
@@ -541,11 +632,16 @@ impl Hub {
     }
 
     fn subscribe(&mut self, id: ConnId, channel: String, resume: Option<Resume>) {
-        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
         let known = conn.in_stream(&channel);
         if !known && conn.channels.len() >= MAX_SUBSCRIPTIONS {
             let msg = format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection");
-            self.push_or_drop(id, Outbound::Frame(error_frame("limit", &msg, Some(&channel))));
+            self.push_or_drop(
+                id,
+                Outbound::Frame(error_frame("limit", &msg, Some(&channel))),
+            );
             return;
         }
         if !known {
@@ -553,31 +649,51 @@ impl Hub {
             self.join(id, &channel);
         }
         let (since, epoch_ok) = match &resume {
-            Some(r) => (Some(r.since), r.epoch.as_deref() == Some(self.engine.epoch().as_str())),
+            Some(r) => (
+                Some(r.since),
+                r.epoch.as_deref() == Some(self.engine.epoch().as_str()),
+            ),
             None => (None, true),
         };
-        self.start_pending_since(id, PendingKind::Subscribe(channel.clone()), vec![channel], since, epoch_ok);
+        self.start_pending_since(
+            id,
+            PendingKind::Subscribe(channel.clone()),
+            vec![channel],
+            since,
+            epoch_ok,
+        );
     }
 
     fn unsubscribe(&mut self, id: ConnId, channel: &str) {
-        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
         let frame = match conn.channels.iter().position(|c| c == channel) {
             Some(index) => {
                 conn.channels.swap_remove(index);
-                conn.pending.retain(|p| !matches!(&p.kind, PendingKind::Subscribe(c) if c == channel));
+                conn.pending
+                    .retain(|p| !matches!(&p.kind, PendingKind::Subscribe(c) if c == channel));
                 self.leave(id, channel);
                 to_frame(&json!({"type": "hub:unsubscribed", "channel": channel}))
             }
-            None if conn.identity.auto_streams().iter().any(|s| s == channel) => {
-                error_frame("forbidden", "automatic streams cannot be left", Some(channel))
-            }
-            None => error_frame("not_subscribed", "not subscribed to this channel", Some(channel)),
+            None if conn.identity.auto_streams().iter().any(|s| s == channel) => error_frame(
+                "forbidden",
+                "automatic streams cannot be left",
+                Some(channel),
+            ),
+            None => error_frame(
+                "not_subscribed",
+                "not subscribed to this channel",
+                Some(channel),
+            ),
         };
         self.push_or_drop(id, Outbound::Frame(frame));
     }
 
     fn identify(&mut self, id: ConnId, identity: Identity) {
-        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
         let old: HashSet<String> = conn.identity.auto_streams().into_iter().collect();
         let new: HashSet<String> = identity.auto_streams().into_iter().collect();
         conn.identity = identity;
@@ -612,7 +728,9 @@ impl Hub {
     }
 
     fn leave(&mut self, id: ConnId, stream: &str) {
-        let Some(subscribers) = self.streams.get_mut(stream) else { return };
+        let Some(subscribers) = self.streams.get_mut(stream) else {
+            return;
+        };
         subscribers.remove(&id);
         if subscribers.is_empty() {
             self.streams.remove(stream);
@@ -627,10 +745,17 @@ impl Hub {
         if !self.namespaces.find(stream).is_some_and(|ns| ns.presence) {
             return;
         }
-        let Some(user) = self.conns.get(&id).and_then(|c| c.identity.user.clone()) else { return };
-        let Some(subscribers) = self.streams.get(stream) else { return };
+        let Some(user) = self.conns.get(&id).and_then(|c| c.identity.user.clone()) else {
+            return;
+        };
+        let Some(subscribers) = self.streams.get(stream) else {
+            return;
+        };
         let others = subscribers.iter().filter(|s| **s != id);
-        let user_count = others.clone().filter(|s| self.conns.get(s).and_then(|c| c.identity.user.as_ref()) == Some(&user)).count();
+        let user_count = others
+            .clone()
+            .filter(|s| self.conns.get(s).and_then(|c| c.identity.user.as_ref()) == Some(&user))
+            .count();
         if user_count > 0 {
             return;
         }
@@ -642,7 +767,9 @@ impl Hub {
     }
 
     fn push_or_drop(&mut self, id: ConnId, out: Outbound) {
-        let Some(conn) = self.conns.get(&id) else { return };
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
         if let Offer::Dropped(reason) = conn.push(out) {
             self.drop_conn(id, Some(reason));
         }
@@ -650,13 +777,22 @@ impl Hub {
 
     /// The one exit point of a connection: out of every stream, closed with `reason` if given.
     fn drop_conn(&mut self, id: ConnId, reason: Option<CloseReason>) {
-        let Some(conn) = self.conns.get(&id) else { return };
-        let streams: Vec<String> = conn.identity.auto_streams().into_iter().chain(conn.channels.iter().cloned()).collect();
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        let streams: Vec<String> = conn
+            .identity
+            .auto_streams()
+            .into_iter()
+            .chain(conn.channels.iter().cloned())
+            .collect();
         // Leave while still registered: presence events need the leaver's identity.
         for stream in &streams {
             self.leave(id, stream);
         }
-        let Some(conn) = self.conns.remove(&id) else { return };
+        let Some(conn) = self.conns.remove(&id) else {
+            return;
+        };
         if let Some(reason) = reason {
             if reason == CloseReason::SlowConsumer {
                 self.metrics.slow_consumers.inc();
@@ -672,7 +808,9 @@ impl Hub {
         let targets: Vec<ConnId> = self
             .conns
             .iter()
-            .filter(|(id, conn)| Some(**id) == by_client || (user.is_some() && conn.identity.user.as_deref() == user))
+            .filter(|(id, conn)| {
+                Some(**id) == by_client || (user.is_some() && conn.identity.user.as_deref() == user)
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in &targets {
@@ -703,7 +841,11 @@ impl Hub {
     }
 
     fn channel_counts(&self) -> Vec<(String, usize)> {
-        let mut list: Vec<(String, usize)> = self.streams.iter().map(|(name, subs)| (name.clone(), subs.len())).collect();
+        let mut list: Vec<(String, usize)> = self
+            .streams
+            .iter()
+            .map(|(name, subs)| (name.clone(), subs.len()))
+            .collect();
         list.push((BROADCAST.to_string(), self.conns.len()));
         list.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         list
@@ -713,7 +855,10 @@ impl Hub {
         let ids: Vec<ConnId> = if channel == BROADCAST {
             self.conns.keys().copied().collect()
         } else {
-            self.streams.get(channel).map(|s| s.iter().copied().collect()).unwrap_or_default()
+            self.streams
+                .get(channel)
+                .map(|s| s.iter().copied().collect())
+                .unwrap_or_default()
         };
         let mut users: HashMap<String, usize> = HashMap::new();
         let mut anonymous = 0;
@@ -729,7 +874,10 @@ impl Hub {
     }
 
     fn stats(&self) -> HubStats {
-        let mut stats = HubStats { connections: self.conns.len(), ..Default::default() };
+        let mut stats = HubStats {
+            connections: self.conns.len(),
+            ..Default::default()
+        };
         for conn in self.conns.values() {
             if conn.identity.is_authenticated() {
                 stats.authenticated += 1;
@@ -748,8 +896,14 @@ impl Hub {
     }
 }
 
-fn subscribed_frame(channel: &str, epoch: &str, head: u64, recovery: Option<(bool, usize)>) -> Utf8Bytes {
-    let mut frame = json!({"type": "hub:subscribed", "channel": channel, "epoch": epoch, "seq": head});
+fn subscribed_frame(
+    channel: &str,
+    epoch: &str,
+    head: u64,
+    recovery: Option<(bool, usize)>,
+) -> Utf8Bytes {
+    let mut frame =
+        json!({"type": "hub:subscribed", "channel": channel, "epoch": epoch, "seq": head});
     if let Some((recovered, replayed)) = recovery {
         frame["recovered"] = recovered.into();
         frame["replayed"] = replayed.into();

@@ -29,7 +29,11 @@ pub fn validate_channel(name: &str) -> Result<(), ChannelNameError> {
         return Err(ChannelNameError::Length);
     }
     let allowed = |c: char| c.is_ascii_alphanumeric() || "_-.:@=/".contains(c);
-    if name.chars().all(allowed) { Ok(()) } else { Err(ChannelNameError::Character) }
+    if name.chars().all(allowed) {
+        Ok(())
+    } else {
+        Err(ChannelNameError::Character)
+    }
 }
 
 /// A frame sent by a client.
@@ -237,7 +241,11 @@ pub struct Delivery {
 impl Delivery {
     /// Serializes the frames of `event` for each of its targets.
     pub fn new(event: std::sync::Arc<Event>, epoch: &str) -> Self {
-        let frames = event.targets.iter().map(|t| event.frame(t, epoch)).collect();
+        let frames = event
+            .targets
+            .iter()
+            .map(|t| event.frame(t, epoch))
+            .collect();
         Self { event, frames }
     }
 }
@@ -248,7 +256,9 @@ pub fn to_frame<T: Serialize>(value: &T) -> Utf8Bytes {
         Ok(s) => Utf8Bytes::from(s),
         Err(e) => {
             tracing::error!(error = %e, "frame serialization failed");
-            Utf8Bytes::from_static(r#"{"type":"hub:error","code":"internal","message":"serialization failed"}"#)
+            Utf8Bytes::from_static(
+                r#"{"type":"hub:error","code":"internal","message":"serialization failed"}"#,
+            )
         }
     }
 }
@@ -269,14 +279,21 @@ pub fn error_frame(code: &str, message: &str, channel: Option<&str>) -> Utf8Byte
         #[serde(skip_serializing_if = "Option::is_none")]
         channel: Option<&'a str>,
     }
-    to_frame(&ErrorFrame { kind: "hub:error", code, message, channel })
+    to_frame(&ErrorFrame {
+        kind: "hub:error",
+        code,
+        message,
+        channel,
+    })
 }
 
 /// Current time as RFC 3339 UTC with milliseconds, and as Unix milliseconds.
 pub fn now_rfc3339() -> (String, u64) {
     let now = time::OffsetDateTime::now_utc();
     let ms = u64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
-    let text = now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    let text = now
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
     (text, ms)
 }
 
@@ -289,7 +306,10 @@ mod tests {
         assert!(validate_channel("service:12").is_ok());
         assert!(validate_channel("a/b@c=d.e_f-g").is_ok());
         assert_eq!(validate_channel(""), Err(ChannelNameError::Length));
-        assert_eq!(validate_channel(&"a".repeat(129)), Err(ChannelNameError::Length));
+        assert_eq!(
+            validate_channel(&"a".repeat(129)),
+            Err(ChannelNameError::Length)
+        );
         assert_eq!(validate_channel("sp ace"), Err(ChannelNameError::Character));
         assert_eq!(validate_channel("ñ"), Err(ChannelNameError::Character));
     }
@@ -303,7 +323,8 @@ mod tests {
 
     #[test]
     fn client_messages_parse_and_reject_unknown() {
-        let m: ClientMessage = serde_json::from_str(r#"{"type":"subscribe","channel":"x","since":3}"#).expect("ok");
+        let m: ClientMessage =
+            serde_json::from_str(r#"{"type":"subscribe","channel":"x","since":3}"#).expect("ok");
         assert!(matches!(m, ClientMessage::Subscribe { since: Some(3), .. }));
         assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"dance"}"#).is_err());
     }

@@ -65,14 +65,27 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Assigns positions, stores history and delivers a batch, in order. With an idempotency key,
     /// a repeat within the window returns the first result and delivers nothing.
-    fn publish(&self, batch: Vec<NewEvent>, idempotency_key: Option<String>) -> BoxFuture<'_, Result<Vec<Published>, EngineError>>;
+    fn publish(
+        &self,
+        batch: Vec<NewEvent>,
+        idempotency_key: Option<String>,
+    ) -> BoxFuture<'_, Result<Vec<Published>, EngineError>>;
 
     /// Events after `since` in `streams` (see [`crate::history::History::replay`]). The hub
     /// already routes live events of these streams to the asking connection when it calls this.
-    fn replay(&self, streams: Vec<String>, since: Option<u64>) -> BoxFuture<'_, Result<Replay, EngineError>>;
+    fn replay(
+        &self,
+        streams: Vec<String>,
+        since: Option<u64>,
+    ) -> BoxFuture<'_, Result<Replay, EngineError>>;
 
     /// One page of a stream's history.
-    fn history(&self, stream: String, since: u64, limit: usize) -> BoxFuture<'_, Result<Vec<Arc<Event>>, EngineError>>;
+    fn history(
+        &self,
+        stream: String,
+        since: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Arc<Event>>, EngineError>>;
 
     /// The most recent events across streams, newest first.
     fn recent(&self, limit: usize) -> BoxFuture<'_, Result<Vec<Arc<Event>>, EngineError>>;

@@ -24,41 +24,74 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
 }
 
 /// Publishes a notification built from the gateway-shaped body; 202 with the event id.
-async fn publish(app: &AppState, headers: &HeaderMap, peer: SocketAddr, notification: Value) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn publish(
+    app: &AppState,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    notification: Value,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     authorize(app, headers, peer)?;
     require_json(headers)?;
-    let bytes = serde_json::to_vec(&notification).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let bytes =
+        serde_json::to_vec(&notification).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let accepted = parse_one(&bytes)?;
     let published = app.engine.publish(vec![accepted.event], None).await?;
-    let first = published.first().ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "nothing published"))?;
-    Ok((StatusCode::ACCEPTED, Json(json!({"success": true, "id": first.id, "recipients": first.recipients}))))
+    let first = published
+        .first()
+        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "nothing published"))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"success": true, "id": first.id, "recipients": first.recipients})),
+    ))
 }
 
 fn body_json(body: &Bytes) -> Result<Value, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
-    if value.is_object() { Ok(value) } else { Err(ApiError::bad_request("body must be a JSON object")) }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+    if value.is_object() {
+        Ok(value)
+    } else {
+        Err(ApiError::bad_request("body must be a JSON object"))
+    }
 }
 
 fn field<'a>(body: &'a Value, name: &str) -> Result<&'a Value, ApiError> {
-    body.get(name).filter(|v| !v.is_null()).ok_or_else(|| ApiError::bad_request(format!("field `{name}` is required")))
+    body.get(name)
+        .filter(|v| !v.is_null())
+        .ok_or_else(|| ApiError::bad_request(format!("field `{name}` is required")))
 }
 
 /// `{type, data, timestamp}` → broadcast.
-async fn emit_event(State(app): State<Arc<AppState>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn emit_event(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let body = body_json(&body)?;
     let n = json!({"type": field(&body, "type")?, "data": body.get("data")});
     publish(&app, &headers, peer, n).await
 }
 
 /// `{role, event, payload}` → `role:{role}`.
-async fn notify_role(State(app): State<Arc<AppState>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn notify_role(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let body = body_json(&body)?;
     let n = json!({"type": field(&body, "event")?, "data": body.get("payload"), "role": field(&body, "role")?});
     publish(&app, &headers, peer, n).await
 }
 
 /// `{userId, event, payload}` → `user:{userId}`.
-async fn notify_user(State(app): State<Arc<AppState>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn notify_user(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let body = body_json(&body)?;
     let n = json!({"type": field(&body, "event")?, "data": body.get("payload"), "user": field(&body, "userId")?});
     publish(&app, &headers, peer, n).await
@@ -66,9 +99,23 @@ async fn notify_user(State(app): State<Arc<AppState>>, ConnectInfo(peer): Connec
 
 /// Any object → the `dashboard` channel, type `event` (default `dashboard_update`), data `payload`
 /// (default: the whole body).
-async fn update_dashboard(State(app): State<Arc<AppState>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn update_dashboard(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let body = body_json(&body)?;
-    let kind = body.get("event").cloned().unwrap_or_else(|| json!("dashboard_update"));
+    let kind = body
+        .get("event")
+        .cloned()
+        .unwrap_or_else(|| json!("dashboard_update"));
     let data = body.get("payload").cloned().unwrap_or_else(|| body.clone());
-    publish(&app, &headers, peer, json!({"type": kind, "data": data, "channel": "dashboard"})).await
+    publish(
+        &app,
+        &headers,
+        peer,
+        json!({"type": kind, "data": data, "channel": "dashboard"}),
+    )
+    .await
 }

@@ -28,7 +28,11 @@ pub struct SparseHistogram {
 
 impl Default for Histogram {
     fn default() -> Self {
-        Self { counts: vec![0; BUCKETS], total: 0, max: 0 }
+        Self {
+            counts: vec![0; BUCKETS],
+            total: 0,
+            max: 0,
+        }
     }
 }
 
@@ -103,7 +107,10 @@ impl Histogram {
             .filter(|(_, c)| **c > 0)
             .map(|(i, c)| (i as u32, *c))
             .collect();
-        SparseHistogram { buckets, max: self.max }
+        SparseHistogram {
+            buckets,
+            max: self.max,
+        }
     }
 }
 

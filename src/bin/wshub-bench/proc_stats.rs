@@ -58,7 +58,10 @@ pub fn self_cpu_seconds() -> f64 {
 
 /// Raises this process's soft `RLIMIT_NOFILE` to its hard limit; returns the new soft limit.
 pub fn raise_nofile_limit() -> Result<u64> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         bail!("getrlimit: {}", std::io::Error::last_os_error());
@@ -79,7 +82,10 @@ pub fn pin_to_core(core: usize) -> Result<()> {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(core, &mut set);
         if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            bail!("sched_setaffinity(core {core}): {}", std::io::Error::last_os_error());
+            bail!(
+                "sched_setaffinity(core {core}): {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
     Ok(())
@@ -87,7 +93,10 @@ pub fn pin_to_core(core: usize) -> Result<()> {
 
 /// Number of CPUs online.
 pub fn online_cpus() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    // Not available_parallelism(): that honours this process's affinity mask once pinned.
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if n > 0 { n as usize } else { 1 }
 }
 
 /// Nanoseconds since the UNIX epoch on `CLOCK_REALTIME`: the clock shared by every bench process.

@@ -52,14 +52,18 @@ pub async fn run(hub: &Hub, p: &PublishPhase<'_>) -> Result<PhaseResult> {
     let tasks = conns.into_iter().map(|mut http| {
         let payload = payload.clone();
         async move {
-            let (mut ok, mut errors, mut first_error, mut hist) = (0u64, 0u64, None, Histogram::default());
+            let (mut ok, mut errors, mut first_error, mut hist) =
+                (0u64, 0u64, None, Histogram::default());
             while Instant::now() < deadline {
                 let t0 = Instant::now();
                 match http.post_json("/notify", payload.clone()).await {
                     Ok((200, _)) => ok += 1,
                     Ok((status, body)) => {
                         errors += 1;
-                        first_error.get_or_insert(format!("HTTP {status}: {}", String::from_utf8_lossy(&body)));
+                        first_error.get_or_insert(format!(
+                            "HTTP {status}: {}",
+                            String::from_utf8_lossy(&body)
+                        ));
                     }
                     Err(e) => {
                         errors += 1;
@@ -96,13 +100,20 @@ pub async fn run(hub: &Hub, p: &PublishPhase<'_>) -> Result<PhaseResult> {
     m.push("request_p50_ms", hist.quantile(0.5) as f64 / 1000.0, "ms");
     m.push("request_p99_ms", hist.quantile(0.99) as f64 / 1000.0, "ms");
     m.push("hub_cpu_s", hub_cpu, "s");
-    m.push("hub_cpu_us_per_event", hub_cpu * 1e6 / events.max(1) as f64, "µs");
+    m.push(
+        "hub_cpu_us_per_event",
+        hub_cpu * 1e6 / events.max(1) as f64,
+        "µs",
+    );
     m.push("hub_cpu_util", 100.0 * hub_cpu / wall, "% of 1 core");
     let util = gen_cpu / wall / p.gen_cores.max(1) as f64;
     m.push("gen_cpu_util", 100.0 * util, "% of its cores");
     if util > 0.85 {
         r.generator_saturated = true;
-        r.notes.push(format!("load generator used {:.0}% of its core(s): requests/s bound the generator", 100.0 * util));
+        r.notes.push(format!(
+            "load generator used {:.0}% of its core(s): requests/s bound the generator",
+            100.0 * util
+        ));
     }
     if let Some(e) = first_error {
         r.fail(format!("{errors} errors, first: {e}"));

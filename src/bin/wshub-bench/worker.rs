@@ -62,7 +62,10 @@ async fn serve(epoch_ns: u64) -> Result<()> {
             Ok(Command::Exit) => (worker.close_all().await, true),
             Ok(cmd) => (worker.handle(cmd).await, false),
             Err(e) => (
-                Reply { error: Some(format!("bad command: {e}")), ..Reply::default() },
+                Reply {
+                    error: Some(format!("bad command: {e}")),
+                    ..Reply::default()
+                },
                 false,
             ),
         };
@@ -104,7 +107,11 @@ impl Worker {
         } else {
             None
         };
-        Reply { stats, hist, ..Reply::default() }
+        Reply {
+            stats,
+            hist,
+            ..Reply::default()
+        }
     }
 
     async fn close_all(&mut self) -> Reply {
@@ -136,7 +143,8 @@ impl Worker {
             let addr = spec.addr;
             async move { wsclient::connect_ws(addr, src, &path?, timeout).await }
         });
-        let mut results = futures_util::stream::iter(jobs).buffer_unordered(spec.concurrency.max(1));
+        let mut results =
+            futures_util::stream::iter(jobs).buffer_unordered(spec.concurrency.max(1));
         let (mut connected, mut failed, mut failures) = (0u64, 0u64, Vec::new());
         while let Some(result) = results.next().await {
             match result {
@@ -192,7 +200,11 @@ impl Worker {
 }
 
 fn pick_ip(ips: &[Ipv4Addr], n: u64) -> Option<Ipv4Addr> {
-    if ips.is_empty() { None } else { Some(ips[(n % ips.len() as u64) as usize]) }
+    if ips.is_empty() {
+        None
+    } else {
+        Some(ips[(n % ips.len() as u64) as usize])
+    }
 }
 
 #[derive(Serialize)]
@@ -246,7 +258,11 @@ async fn client_loop(mut stream: TcpStream, rest: Vec<u8>, state: Shared, epoch_
                 }
                 8 => {
                     let p = &buf[payload];
-                    let code = if p.len() >= 2 { u16::from_be_bytes([p[0], p[1]]) } else { 1005 };
+                    let code = if p.len() >= 2 {
+                        u16::from_be_bytes([p[0], p[1]])
+                    } else {
+                        1005
+                    };
                     let close = wsclient::client_frame(8, &code.to_be_bytes());
                     let _ = stream.write_all(&close).await;
                     break 'conn code;

@@ -1,0 +1,345 @@
+//! Shared helpers for integration tests: start a real hub on 127.0.0.1:0 (in-process, or as a
+//! child process), WebSocket clients that await frames with a deadline, and HTTP helpers.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+use wshub::config::Config;
+
+/// How long a test waits for something that should happen.
+pub const WAIT: Duration = Duration::from_secs(10);
+/// How long a test waits to be fairly sure something does not happen.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+/// A hub running in this process.
+pub struct TestHub {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<Result<(), wshub::Error>>,
+}
+
+impl TestHub {
+    /// Starts a hub with extra command-line flags on a free loopback port.
+    pub async fn start(flags: &[&str]) -> Self {
+        let mut args = vec!["wshub", "--addr", "127.0.0.1:0"];
+        args.extend_from_slice(flags);
+        let config = Config::parse_from(args)
+            .finish()
+            .expect("valid test config");
+        let listener = tokio::net::TcpListener::bind(config.addr)
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(wshub::run(listener, config, shutdown.clone()));
+        Self {
+            addr,
+            shutdown,
+            task,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn ws_url(&self, path_and_query: &str) -> String {
+        format!("ws://{}{}", self.addr, path_and_query)
+    }
+
+    /// Connects a client to `/ws` and reads its `hub:connected` frame.
+    pub async fn client(&self) -> Client {
+        self.client_at("/ws").await
+    }
+
+    /// Connects to a path such as `/ws?token=...` and reads `hub:connected`.
+    pub async fn client_at(&self, path: &str) -> Client {
+        let mut client = Client::connect(&self.ws_url(path)).await;
+        let hello = client.next_json().await;
+        assert_eq!(hello["type"], "hub:connected", "first frame: {hello}");
+        client.hello = hello;
+        client
+    }
+
+    /// Posts a notification body to `/notify` from loopback.
+    pub async fn notify(&self, body: Value) -> (u16, Value) {
+        post_json(&self.url("/notify"), &body, &[]).await
+    }
+
+    /// Stops the hub and waits for it.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(WAIT, self.task).await;
+    }
+}
+
+/// A hub running as a child process of the real binary.
+pub struct ChildHub {
+    pub addr: SocketAddr,
+    pub child: Child,
+}
+
+impl ChildHub {
+    /// Starts `target/.../wshub` on a free port with extra flags; waits for `/health`.
+    pub async fn start(flags: &[&str]) -> Self {
+        let port = free_port();
+        Self::start_on(port, flags).await
+    }
+
+    /// Starts it on a given port (to restart a hub where clients expect it).
+    pub async fn start_on(port: u16, flags: &[&str]) -> Self {
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let child = Command::new(env!("CARGO_BIN_EXE_wshub"))
+            .arg("--addr")
+            .arg(addr.to_string())
+            .args(flags)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn wshub");
+        let hub = Self { addr, child };
+        hub.wait_healthy().await;
+        hub
+    }
+
+    async fn wait_healthy(&self) {
+        let url = format!("http://{}/health", self.addr);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while tokio::time::Instant::now() < deadline {
+            if reqwest::get(&url)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("wshub at {} did not become healthy", self.addr);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn ws_url(&self, path_and_query: &str) -> String {
+        format!("ws://{}{}", self.addr, path_and_query)
+    }
+
+    /// Sends a signal (e.g. "TERM", "KILL") to the process.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit and returns whether it exited successfully.
+    pub async fn wait_exit(&mut self) -> bool {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.success();
+            }
+            assert!(tokio::time::Instant::now() < deadline, "wshub did not exit");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for ChildHub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A WebSocket test client.
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub hello: Value,
+}
+
+/// How a connection ended, as seen by the client.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    Closed(u16),
+    ClosedWithoutCode,
+    Dropped,
+}
+
+impl Client {
+    /// Connects without reading anything.
+    pub async fn connect(url: &str) -> Self {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("websocket connect");
+        Self {
+            ws,
+            hello: Value::Null,
+        }
+    }
+
+    /// The next text frame as JSON, failing the test after [`WAIT`].
+    pub async fn next_json(&mut self) -> Value {
+        match tokio::time::timeout(WAIT, self.next_text()).await {
+            Ok(Some(text)) => serde_json::from_str(&text).expect("frame is JSON"),
+            Ok(None) => panic!("connection ended while waiting for a frame"),
+            Err(_) => panic!("no frame within {WAIT:?}"),
+        }
+    }
+
+    async fn next_text(&mut self) -> Option<String> {
+        loop {
+            match self.ws.next().await? {
+                Ok(Message::Text(t)) => return Some(t.to_string()),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    /// The next notification, skipping `hub:*` control frames.
+    pub async fn next_event(&mut self) -> Value {
+        loop {
+            let v = self.next_json().await;
+            if !v["type"].as_str().unwrap_or("").starts_with("hub:") {
+                return v;
+            }
+        }
+    }
+
+    /// The next frame of a given `type`, skipping others.
+    pub async fn next_of(&mut self, kind: &str) -> Value {
+        loop {
+            let v = self.next_json().await;
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+
+    /// Asserts that no notification arrives within [`QUIET`].
+    pub async fn assert_no_event(&mut self) {
+        if let Ok(Some(text)) = tokio::time::timeout(QUIET, self.next_text()).await {
+            let v: Value = serde_json::from_str(&text).expect("json");
+            assert!(
+                v["type"].as_str().unwrap_or("").starts_with("hub:"),
+                "unexpected frame: {v}"
+            );
+        }
+    }
+
+    pub async fn send_json(&mut self, v: Value) {
+        self.ws
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws
+            .send(Message::Text(text.to_string().into()))
+            .await
+            .expect("send");
+    }
+
+    /// Sends `subscribe` and returns the answer (`hub:subscribed` or `hub:error`).
+    pub async fn subscribe(&mut self, channel: &str) -> Value {
+        self.send_json(json!({"type": "subscribe", "channel": channel}))
+            .await;
+        self.next_reply().await
+    }
+
+    /// The next control frame that answers a request (skips notifications).
+    pub async fn next_reply(&mut self) -> Value {
+        loop {
+            let v = self.next_json().await;
+            if v["type"].as_str().unwrap_or("").starts_with("hub:") {
+                return v;
+            }
+        }
+    }
+
+    /// Reads until the connection ends and reports how.
+    pub async fn ended(&mut self) -> Ended {
+        let read = async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Close(Some(frame)))) => {
+                        return Ended::Closed(u16::from(frame.code));
+                    }
+                    Some(Ok(Message::Close(None))) => return Ended::ClosedWithoutCode,
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) | None => return Ended::Dropped,
+                }
+            }
+        };
+        tokio::time::timeout(WAIT, read)
+            .await
+            .expect("connection did not end in time")
+    }
+}
+
+/// The numeric value of a close code, for readable assertions.
+pub fn code(c: CloseCode) -> u16 {
+    u16::from(c)
+}
+
+/// POSTs JSON with extra headers and returns status and JSON body.
+pub async fn post_json(url: &str, body: &Value, headers: &[(&str, &str)]) -> (u16, Value) {
+    let mut req = reqwest::Client::new().post(url).json(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.expect("http request");
+    let status = resp.status().as_u16();
+    let body = resp.json::<Value>().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+/// GETs JSON and returns status and body.
+pub async fn get_json(url: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+    let mut req = reqwest::Client::new().get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.expect("http request");
+    let status = resp.status().as_u16();
+    (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+}
+
+/// An HS256 token for tests.
+pub fn token(secret: &str, sub: &str, roles: &[&str], ttl_s: i64) -> String {
+    token_with(secret, json!({"sub": sub, "roles": roles}), ttl_s)
+}
+
+/// An HS256 token with arbitrary claims plus `exp = now + ttl_s`.
+pub fn token_with(secret: &str, mut claims: Value, ttl_s: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    claims["exp"] = json!(now + ttl_s);
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).expect("encode token")
+}
