@@ -96,18 +96,12 @@ pub struct Verifier {
 impl Verifier {
     /// An HS256 verifier.
     pub fn hs256(secret: &str) -> Self {
-        Self::new(
-            DecodingKey::from_secret(secret.as_bytes()),
-            Algorithm::HS256,
-        )
+        Self::new(DecodingKey::from_secret(secret.as_bytes()), Algorithm::HS256)
     }
 
     /// An RS256 or ES256 verifier from a PEM public key file.
     pub fn from_pem_file(path: &Path) -> Result<Self, AuthError> {
-        let key_err = |message: String| AuthError::Key {
-            path: path.display().to_string(),
-            message,
-        };
+        let key_err = |message: String| AuthError::Key { path: path.display().to_string(), message };
         let pem = std::fs::read(path).map_err(|e| key_err(e.to_string()))?;
         if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
             return Ok(Self::new(key, Algorithm::RS256));
@@ -127,12 +121,10 @@ impl Verifier {
 
     /// Checks a token and returns the identity it proves.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
-            |e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-                _ => AuthError::Invalid(e.to_string()),
-            },
-        )?;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+            _ => AuthError::Invalid(e.to_string()),
+        })?;
         let c = data.claims;
         let user = match c.sub {
             StringOrNumber::S(s) => s,
@@ -141,19 +133,9 @@ impl Verifier {
         if user.is_empty() {
             return Err(AuthError::Invalid("empty sub".into()));
         }
-        let mut roles: Vec<String> = c
-            .role
-            .into_iter()
-            .chain(c.roles)
-            .filter(|r| !r.is_empty())
-            .collect();
+        let mut roles: Vec<String> = c.role.into_iter().chain(c.roles).filter(|r| !r.is_empty()).collect();
         roles.dedup();
-        Ok(Identity {
-            user: Some(user),
-            roles,
-            channels: c.channels,
-            exp: Some(c.exp),
-        })
+        Ok(Identity { user: Some(user), roles, channels: c.channels, exp: Some(c.exp) })
     }
 }
 
@@ -182,11 +164,7 @@ impl SubscribeError {
 }
 
 /// Decides whether `who` may subscribe to `channel` (see docs/PROTOCOL.md, permissions).
-pub fn may_subscribe(
-    who: &Identity,
-    channel: &str,
-    namespaces: &Namespaces,
-) -> Result<(), SubscribeError> {
+pub fn may_subscribe(who: &Identity, channel: &str, namespaces: &Namespaces) -> Result<(), SubscribeError> {
     validate_channel(channel)?;
     let forbidden = || SubscribeError::Forbidden(channel.to_string());
     if channel == BROADCAST || channel.starts_with("hub:") {
@@ -196,28 +174,16 @@ pub fn may_subscribe(
         return Ok(());
     }
     if let Some(user) = channel.strip_prefix("user:") {
-        return if who.user.as_deref() == Some(user) {
-            Ok(())
-        } else {
-            Err(forbidden())
-        };
+        return if who.user.as_deref() == Some(user) { Ok(()) } else { Err(forbidden()) };
     }
     if let Some(role) = channel.strip_prefix("role:") {
-        return if who.roles.iter().any(|r| r == role) {
-            Ok(())
-        } else {
-            Err(forbidden())
-        };
+        return if who.roles.iter().any(|r| r == role) { Ok(()) } else { Err(forbidden()) };
     }
     if channel.starts_with("private:") {
         return Err(forbidden());
     }
     if channel.starts_with("admin:") {
-        return if who.roles.iter().any(|r| r == "admin") {
-            Ok(())
-        } else {
-            Err(forbidden())
-        };
+        return if who.roles.iter().any(|r| r == "admin") { Ok(()) } else { Err(forbidden()) };
     }
     let allowed = match namespaces.find(channel) {
         None => true,
@@ -269,11 +235,7 @@ pub enum ApiKeyError {
 }
 
 /// Applies the publisher rule: the configured key (compared in constant time), else loopback only.
-pub fn check_api_key(
-    configured: Option<&str>,
-    presented: Option<&str>,
-    peer: SocketAddr,
-) -> Result<(), ApiKeyError> {
+pub fn check_api_key(configured: Option<&str>, presented: Option<&str>, peer: SocketAddr) -> Result<(), ApiKeyError> {
     match configured {
         Some(key) => match presented {
             Some(p) if constant_time_eq(key.as_bytes(), p.as_bytes()) => Ok(()),
@@ -294,11 +256,7 @@ mod tests {
     use super::*;
 
     fn user(sub: &str, roles: &[&str]) -> Identity {
-        Identity {
-            user: Some(sub.into()),
-            roles: roles.iter().map(|r| r.to_string()).collect(),
-            ..Default::default()
-        }
+        Identity { user: Some(sub.into()), roles: roles.iter().map(|r| r.to_string()).collect(), ..Default::default() }
     }
 
     #[test]
@@ -312,18 +270,9 @@ mod tests {
         assert!(may_subscribe(&alice, "private:x", &ns).is_err());
         assert!(may_subscribe(&alice, "service:12", &ns).is_ok());
         assert!(may_subscribe(&Identity::default(), "service:12", &ns).is_ok());
-        assert_eq!(
-            may_subscribe(&alice, "broadcast", &ns),
-            Err(SubscribeError::Reserved("broadcast".into()))
-        );
-        assert!(matches!(
-            may_subscribe(&alice, "bad name", &ns),
-            Err(SubscribeError::BadName(_))
-        ));
-        let claimed = Identity {
-            channels: vec!["private:team-*".into()],
-            ..alice
-        };
+        assert_eq!(may_subscribe(&alice, "broadcast", &ns), Err(SubscribeError::Reserved("broadcast".into())));
+        assert!(matches!(may_subscribe(&alice, "bad name", &ns), Err(SubscribeError::BadName(_))));
+        let claimed = Identity { channels: vec!["private:team-*".into()], ..alice };
         assert!(may_subscribe(&claimed, "private:team-7", &ns).is_ok());
         assert!(may_subscribe(&claimed, "private:other", &ns).is_err());
     }
@@ -343,18 +292,9 @@ mod tests {
         let lo: SocketAddr = "127.0.0.1:1".parse().expect("addr");
         let remote: SocketAddr = "192.0.2.1:1".parse().expect("addr");
         assert_eq!(check_api_key(None, None, lo), Ok(()));
-        assert_eq!(
-            check_api_key(None, None, remote),
-            Err(ApiKeyError::NotLoopback)
-        );
+        assert_eq!(check_api_key(None, None, remote), Err(ApiKeyError::NotLoopback));
         assert_eq!(check_api_key(Some("k"), Some("k"), remote), Ok(()));
-        assert_eq!(
-            check_api_key(Some("k"), Some("x"), lo),
-            Err(ApiKeyError::Unauthorized)
-        );
-        assert_eq!(
-            check_api_key(Some("k"), None, lo),
-            Err(ApiKeyError::Unauthorized)
-        );
+        assert_eq!(check_api_key(Some("k"), Some("x"), lo), Err(ApiKeyError::Unauthorized));
+        assert_eq!(check_api_key(Some("k"), None, lo), Err(ApiKeyError::Unauthorized));
     }
 }

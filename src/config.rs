@@ -13,11 +13,7 @@ use crate::namespace::Namespaces;
 
 /// Command-line and environment configuration of the hub.
 #[derive(Debug, Clone, Parser)]
-#[command(
-    name = "wshub",
-    version,
-    about = "Real-time notification hub: POST /notify, clients on /ws"
-)]
+#[command(name = "wshub", version, about = "Real-time notification hub: POST /notify, clients on /ws")]
 pub struct Config {
     /// Address to listen on.
     #[arg(long, env = "WSHUB_ADDR", default_value = "0.0.0.0:8080")]
@@ -167,10 +163,7 @@ impl Config {
     /// Loads the namespace file (if any) and validates combinations of values.
     pub fn finish(mut self) -> Result<Self, ConfigError> {
         if self.ping_interval >= self.pong_timeout {
-            return Err(ConfigError::PingNotBeforePong {
-                ping: self.ping_interval,
-                pong: self.pong_timeout,
-            });
+            return Err(ConfigError::PingNotBeforePong { ping: self.ping_interval, pong: self.pong_timeout });
         }
         if self.jwt_secret.is_some() && self.jwt_public_key.is_some() {
             return Err(ConfigError::TwoJwtKeys);
@@ -182,11 +175,8 @@ impl Config {
             return Err(ConfigError::EmptyHistory);
         }
         if let Some(path) = &self.config_file {
-            self.namespaces =
-                Namespaces::load(path).map_err(|message| ConfigError::ConfigFile {
-                    path: path.display().to_string(),
-                    message,
-                })?;
+            self.namespaces = Namespaces::load(path)
+                .map_err(|message| ConfigError::ConfigFile { path: path.display().to_string(), message })?;
         }
         Ok(self)
     }
@@ -221,9 +211,6 @@ mod tests {
     #[test]
     fn ping_must_come_before_pong_timeout() {
         let c = Config::parse_from(["wshub", "--ping-interval", "60s", "--pong-timeout", "10s"]);
-        assert!(matches!(
-            c.finish(),
-            Err(ConfigError::PingNotBeforePong { .. })
-        ));
+        assert!(matches!(c.finish(), Err(ConfigError::PingNotBeforePong { .. })));
     }
 }

@@ -3,6 +3,7 @@
 //! the writer drains the bounded send queue, flushing a backlog with one write, and pings.
 //! Either side ending stops the other through the shared close signal.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
@@ -21,12 +22,13 @@ use crate::app::AppState;
 use crate::auth::{AuthError, EXP_LEEWAY_S, Identity, may_subscribe};
 use crate::engine::NewEvent;
 use crate::hub::{Command, ConnId, NewConn, Outbound, Resume};
-use crate::protocol::{
-    ClientMessage, CloseReason, error_frame, now_rfc3339, to_frame, validate_channel,
-};
+use crate::metrics::Metrics;
+use crate::protocol::{ClientMessage, CloseReason, error_frame, now_rfc3339, to_frame, validate_channel};
 
 /// Most frames the writer sends with one flush.
 const MAX_BATCH: usize = 64;
+/// Event ids a connection remembers having acknowledged.
+const ACK_MEMORY: usize = 256;
 /// Time allowed for the close frame once a connection is being closed.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
@@ -39,18 +41,12 @@ pub struct ConnShared {
 
 impl ConnShared {
     fn new() -> Self {
-        Self {
-            token: CancellationToken::new(),
-            reason: AtomicU16::new(0),
-            last_activity_ms: AtomicU64::new(unix_ms()),
-        }
+        Self { token: CancellationToken::new(), reason: AtomicU16::new(0), last_activity_ms: AtomicU64::new(unix_ms()) }
     }
 
     /// Closes the connection with `reason` (the first reason given wins).
     pub fn close(&self, reason: CloseReason) {
-        let _ = self
-            .reason
-            .compare_exchange(0, reason.code(), Ordering::AcqRel, Ordering::Acquire);
+        let _ = self.reason.compare_exchange(0, reason.code(), Ordering::AcqRel, Ordering::Acquire);
         self.token.cancel();
     }
 
@@ -74,9 +70,7 @@ impl ConnShared {
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// How the upgrade request identified the client.
@@ -98,10 +92,9 @@ pub async fn serve(
     resume: Option<Resume>,
 ) {
     let id = app.hub.next_id();
-    let span = tracing::info_span!("conn", client = %app.hub.client_id(id), peer = %remote, user = tracing::field::Empty);
-    serve_inner(socket, app, handshake, remote, resume, id)
-        .instrument(span)
-        .await;
+    let span =
+        tracing::info_span!("conn", client = %app.hub.client_id(id), peer = %remote, user = tracing::field::Empty);
+    serve_inner(socket, app, handshake, remote, resume, id).instrument(span).await;
 }
 
 async fn serve_inner(
@@ -127,14 +120,7 @@ async fn serve_inner(
     }
     let shared = Arc::new(ConnShared::new());
     let (tx, rx) = mpsc::channel(app.config.send_queue as usize);
-    let new = NewConn {
-        id,
-        identity: identity.clone(),
-        tx: tx.clone(),
-        shared: Arc::clone(&shared),
-        remote,
-        resume,
-    };
+    let new = NewConn { id, identity: identity.clone(), tx: tx.clone(), shared: Arc::clone(&shared), remote, resume };
     if !app.hub.send(Command::Register(new)).await {
         let _ = sink.send(close_message(CloseReason::GoingAway)).await;
         return;
@@ -144,16 +130,11 @@ async fn serve_inner(
         sink,
         rx,
         Arc::clone(&shared),
-        app.config.ping_interval,
-        app.config.write_timeout,
+        Arc::clone(&app.metrics),
+        (app.config.ping_interval, app.config.write_timeout),
     ));
-    let mut reader = Reader {
-        app: Arc::clone(&app),
-        id,
-        identity,
-        shared: Arc::clone(&shared),
-        tx,
-    };
+    let mut reader =
+        Reader { app: Arc::clone(&app), id, identity, shared: Arc::clone(&shared), tx, acked: VecDeque::new() };
     reader.run(&mut stream).await;
     shared.stop();
     app.hub.send(Command::Unregister(id)).await;
@@ -162,11 +143,7 @@ async fn serve_inner(
         drain_until_closed(&mut stream).await;
     }
     let reason = shared.reason().map_or("peer closed", CloseReason::text);
-    tracing::info!(
-        reason,
-        duration_ms = started.elapsed().as_millis() as u64,
-        "connection closed"
-    );
+    tracing::info!(reason, duration_ms = started.elapsed().as_millis() as u64, "connection closed");
 }
 
 /// Sends `hub:error unauthorized` and closes with 4001.
@@ -187,25 +164,19 @@ async fn refuse(app: &AppState, sink: &mut SplitSink<WebSocket, Message>, err: &
 }
 
 /// Waits for the first frame to be a valid `auth` within the configured time.
-async fn await_auth(
-    app: &AppState,
-    stream: &mut SplitStream<WebSocket>,
-) -> Result<Identity, AuthError> {
+async fn await_auth(app: &AppState, stream: &mut SplitStream<WebSocket>) -> Result<Identity, AuthError> {
     let missing = || {
-        AuthError::Invalid("a token is required: pass ?token=, Authorization: Bearer, or send {\"type\":\"auth\",\"token\":...} first".into())
+        AuthError::Invalid(
+            "a token is required: pass ?token=, Authorization: Bearer, or send {\"type\":\"auth\",\"token\":...} first"
+                .into(),
+        )
     };
-    let first = timeout(app.config.auth_timeout, stream.next())
-        .await
-        .map_err(|_| missing())?;
+    let first = timeout(app.config.auth_timeout, stream.next()).await.map_err(|_| missing())?;
     let Some(Ok(Message::Text(text))) = first else {
         return Err(missing());
     };
     match serde_json::from_str::<ClientMessage>(&text) {
-        Ok(ClientMessage::Auth { token }) => app
-            .verifier
-            .as_ref()
-            .ok_or(AuthError::NotConfigured)?
-            .verify(&token),
+        Ok(ClientMessage::Auth { token }) => app.verifier.as_ref().ok_or(AuthError::NotConfigured)?.verify(&token),
         _ => Err(missing()),
     }
 }
@@ -224,10 +195,7 @@ async fn drain_until_closed(stream: &mut SplitStream<WebSocket>) {
 }
 
 fn close_message(reason: CloseReason) -> Message {
-    Message::Close(Some(CloseFrame {
-        code: reason.code(),
-        reason: Utf8Bytes::from_static(reason.text()),
-    }))
+    Message::Close(Some(CloseFrame { code: reason.code(), reason: Utf8Bytes::from_static(reason.text()) }))
 }
 
 /// Drains the send queue to the socket; pings on schedule; sends the close frame at the end.
@@ -235,11 +203,11 @@ async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Outbound>,
     shared: Arc<ConnShared>,
-    ping_every: Duration,
-    write_timeout: Duration,
+    metrics: Arc<Metrics>,
+    (ping_every, write_timeout): (Duration, Duration),
 ) {
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
-    let mut batch: Vec<Utf8Bytes> = Vec::new();
+    let mut batch: Vec<Outbound> = Vec::new();
     loop {
         let result = tokio::select! {
             biased;
@@ -254,7 +222,11 @@ async fn write_loop(
                         Err(_) => break,
                     }
                 }
-                timeout(write_timeout, send_all(&mut sink, &mut batch)).await
+                let sent = timeout(write_timeout, send_all(&mut sink, &batch)).await;
+                if matches!(sent, Ok(Ok(()))) {
+                    count_written(&batch, &metrics);
+                }
+                sent
             }
             _ = ping.tick() => timeout(write_timeout, sink.send(Message::Ping(Default::default()))).await,
         };
@@ -269,21 +241,37 @@ async fn write_loop(
     }
 }
 
-fn collect(batch: &mut Vec<Utf8Bytes>, out: Outbound) {
+fn collect(batch: &mut Vec<Outbound>, out: Outbound) {
     match out {
-        Outbound::Frame(frame) => batch.push(frame),
-        Outbound::Batch(frames) => batch.extend(frames),
+        Outbound::Batch(items) => items.into_iter().for_each(|item| collect(batch, item)),
+        item => batch.push(item),
     }
 }
 
-async fn send_all(
-    sink: &mut SplitSink<WebSocket, Message>,
-    batch: &mut Vec<Utf8Bytes>,
-) -> Result<(), axum::Error> {
-    for frame in batch.drain(..) {
+async fn send_all(sink: &mut SplitSink<WebSocket, Message>, batch: &[Outbound]) -> Result<(), axum::Error> {
+    for item in batch {
+        let frame = match item {
+            Outbound::Frame(frame) => frame.clone(),
+            Outbound::Event(delivery, index) => delivery.frames[*index as usize].clone(),
+            Outbound::Batch(_) => continue,
+        };
         sink.feed(Message::Text(frame)).await?;
     }
     sink.flush().await
+}
+
+/// Counts written events for receipts, and samples latency once per write.
+fn count_written(batch: &[Outbound], metrics: &Metrics) {
+    let mut sampled = false;
+    for item in batch {
+        if let Outbound::Event(delivery, _) = item {
+            delivery.event.receipt.written.fetch_add(1, Ordering::Relaxed);
+            if !sampled {
+                metrics.delivery_latency.observe(delivery.received.elapsed().as_secs_f64());
+                sampled = true;
+            }
+        }
+    }
 }
 
 /// The reading half: turns client frames into hub commands and answers.
@@ -293,6 +281,8 @@ struct Reader {
     identity: Identity,
     shared: Arc<ConnShared>,
     tx: mpsc::Sender<Outbound>,
+    /// Recently acknowledged event ids, so a repeated ack is not counted twice.
+    acked: VecDeque<String>,
 }
 
 impl Reader {
@@ -353,46 +343,28 @@ impl Reader {
         let message = match serde_json::from_str::<ClientMessage>(text) {
             Ok(message) => message,
             Err(err) => {
-                let code = if serde_json::from_str::<serde_json::Value>(text).is_ok() {
-                    "bad_message"
-                } else {
-                    "bad_json"
-                };
+                let code =
+                    if serde_json::from_str::<serde_json::Value>(text).is_ok() { "bad_message" } else { "bad_json" };
                 return self.send(error_frame(code, &err.to_string(), None));
             }
         };
         match message {
             ClientMessage::Ping => {
                 let (timestamp, _) = now_rfc3339();
-                self.send(to_frame(
-                    &json!({"type": "hub:pong", "timestamp": timestamp}),
-                ));
+                self.send(to_frame(&json!({"type": "hub:pong", "timestamp": timestamp})));
             }
-            ClientMessage::Subscribe {
-                channel,
-                since,
-                epoch,
-            } => self.subscribe(channel, since, epoch).await,
+            ClientMessage::Subscribe { channel, since, epoch } => self.subscribe(channel, since, epoch).await,
             ClientMessage::Unsubscribe { channel } => match validate_channel(&channel) {
                 Ok(()) => {
-                    self.app
-                        .hub
-                        .send(Command::Unsubscribe {
-                            id: self.id,
-                            channel,
-                        })
-                        .await;
+                    self.app.hub.send(Command::Unsubscribe { id: self.id, channel }).await;
                 }
                 Err(err) => self.send(error_frame("bad_channel", &err.to_string(), Some(&channel))),
             },
             ClientMessage::Auth { token } => self.reauthenticate(&token).await,
-            ClientMessage::Publish {
-                channel,
-                event,
-                message,
-                data,
-            } => self.publish(channel, event, message, data).await,
-            ClientMessage::Ack { .. } => {}
+            ClientMessage::Publish { channel, event, message, data } => {
+                self.publish(channel, event, message, data).await
+            }
+            ClientMessage::Ack { id, ids } => self.ack(id.into_iter().chain(ids).collect()).await,
         }
     }
 
@@ -401,48 +373,40 @@ impl Reader {
             return self.send(error_frame(err.code(), &err.to_string(), Some(&channel)));
         }
         let resume = since.map(|since| Resume { since, epoch });
-        self.app
-            .hub
-            .send(Command::Subscribe {
-                id: self.id,
-                channel,
-                resume,
-            })
-            .await;
+        self.app.hub.send(Command::Subscribe { id: self.id, channel, resume }).await;
+    }
+
+    /// Records receipts, each event at most once per connection (within the last [`ACK_MEMORY`]).
+    async fn ack(&mut self, ids: Vec<String>) {
+        let mut fresh = Vec::with_capacity(ids.len());
+        for id in ids.into_iter().take(ACK_MEMORY) {
+            if !self.acked.contains(&id) {
+                if self.acked.len() == ACK_MEMORY {
+                    self.acked.pop_front();
+                }
+                self.acked.push_back(id.clone());
+                fresh.push(id);
+            }
+        }
+        if !fresh.is_empty() {
+            self.app.engine.ack(fresh, self.identity.user.clone()).await;
+        }
     }
 
     async fn reauthenticate(&mut self, token: &str) {
         let Some(verifier) = &self.app.verifier else {
-            return self.send(error_frame(
-                "unauthorized",
-                "this hub has no JWT key configured",
-                None,
-            ));
+            return self.send(error_frame("unauthorized", "this hub has no JWT key configured", None));
         };
         match verifier.verify(token) {
             Ok(identity) if self.identity.user.is_some() && identity.user != self.identity.user => {
-                self.send(error_frame(
-                    "unauthorized",
-                    "a connection cannot change its user; reconnect instead",
-                    None,
-                ));
+                self.send(error_frame("unauthorized", "a connection cannot change its user; reconnect instead", None));
             }
             Ok(identity) => {
                 self.identity = identity.clone();
-                self.app
-                    .hub
-                    .send(Command::Identify {
-                        id: self.id,
-                        identity,
-                    })
-                    .await;
+                self.app.hub.send(Command::Identify { id: self.id, identity }).await;
             }
             Err(err) => {
-                self.app
-                    .metrics
-                    .auth_failures
-                    .with_label_values(&["invalid"])
-                    .inc();
+                self.app.metrics.auth_failures.with_label_values(&["invalid"]).inc();
                 self.send(error_frame("unauthorized", &err.to_string(), None));
             }
         }
@@ -455,19 +419,10 @@ impl Reader {
         message: String,
         data: Option<Box<serde_json::value::RawValue>>,
     ) {
-        let allowed = self
-            .app
-            .config
-            .namespaces
-            .find(&channel)
-            .is_some_and(|ns| ns.publish)
+        let allowed = self.app.config.namespaces.find(&channel).is_some_and(|ns| ns.publish)
             && may_subscribe(&self.identity, &channel, &self.app.config.namespaces).is_ok();
         if !allowed {
-            self.app
-                .metrics
-                .publish_rejected
-                .with_label_values(&["client_forbidden"])
-                .inc();
+            self.app.metrics.publish_rejected.with_label_values(&["client_forbidden"]).inc();
             return self.send(error_frame(
                 "publish_forbidden",
                 "clients may not publish to this channel",
@@ -492,9 +447,7 @@ impl Reader {
         match self.app.engine.publish(vec![new], None).await {
             Ok(published) => {
                 let id = published.first().map(|p| p.id.clone());
-                self.send(to_frame(
-                    &json!({"type": "hub:published", "channel": channel, "id": id}),
-                ));
+                self.send(to_frame(&json!({"type": "hub:published", "channel": channel, "id": id})));
             }
             Err(err) => self.send(error_frame("internal", &err.to_string(), Some(&channel))),
         }

@@ -2,7 +2,7 @@
 //! the positions a resume needs to tell whether anything was lost.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use crate::protocol::Event;
 
@@ -33,6 +33,9 @@ pub struct History {
     /// Highest seq trimmed from any stream that has since been forgotten entirely.
     forgotten_upto: u64,
     bytes: usize,
+    /// Kept events by id (weak: the streams own them); dead entries are pruned now and then.
+    by_id: HashMap<String, Weak<Event>>,
+    pruned_at_len: usize,
 }
 
 impl History {
@@ -44,6 +47,8 @@ impl History {
             ttl_ms,
             forgotten_upto: 0,
             bytes: 0,
+            by_id: HashMap::new(),
+            pruned_at_len: 0,
         }
     }
 
@@ -60,6 +65,7 @@ impl History {
     /// Appends an event to each of its target streams, trimming to `size_of(stream)`.
     pub fn append(&mut self, event: &Arc<Event>, size_of: impl Fn(&str) -> Option<usize>) {
         let share = event.heap_bytes() / event.targets.len().max(1);
+        self.by_id.insert(event.id.clone(), Arc::downgrade(event));
         for target in &event.targets {
             let limit = size_of(target).unwrap_or(self.default_size).max(1);
             let stream = self.streams.entry(target.clone()).or_default();
@@ -68,9 +74,7 @@ impl History {
             while stream.events.len() > limit {
                 if let Some(old) = stream.events.pop_front() {
                     stream.trimmed_upto = stream.trimmed_upto.max(old.seq);
-                    self.bytes = self
-                        .bytes
-                        .saturating_sub(old.heap_bytes() / old.targets.len().max(1));
+                    self.bytes = self.bytes.saturating_sub(old.heap_bytes() / old.targets.len().max(1));
                 }
             }
         }
@@ -82,11 +86,7 @@ impl History {
         let mut freed = 0;
         let mut forgotten = self.forgotten_upto;
         self.streams.retain(|_, stream| {
-            while stream
-                .events
-                .front()
-                .is_some_and(|e| e.accepted_ms < cutoff)
-            {
+            while stream.events.front().is_some_and(|e| e.accepted_ms < cutoff) {
                 if let Some(old) = stream.events.pop_front() {
                     stream.trimmed_upto = stream.trimmed_upto.max(old.seq);
                     freed += old.heap_bytes() / old.targets.len().max(1);
@@ -100,14 +100,15 @@ impl History {
         });
         self.forgotten_upto = forgotten;
         self.bytes = self.bytes.saturating_sub(freed);
+        if self.by_id.len() > 2 * self.pruned_at_len + 1024 {
+            self.by_id.retain(|_, e| e.strong_count() > 0);
+            self.pruned_at_len = self.by_id.len();
+        }
     }
 
     /// Newest seq in a stream (0 when it has none).
     pub fn head(&self, stream: &str) -> u64 {
-        self.streams
-            .get(stream)
-            .and_then(|s| s.events.back())
-            .map_or(0, |e| e.seq)
+        self.streams.get(stream).and_then(|s| s.events.back()).map_or(0, |e| e.seq)
     }
 
     /// Everything after `since` in `streams`, merged by seq without duplicates.
@@ -115,11 +116,7 @@ impl History {
     pub fn replay(&self, streams: &[String], since: Option<u64>) -> Replay {
         let head = streams.iter().map(|s| self.head(s)).max().unwrap_or(0);
         let Some(since) = since else {
-            return Replay {
-                events: Vec::new(),
-                recovered: true,
-                head,
-            };
+            return Replay { events: Vec::new(), recovered: true, head };
         };
         let mut recovered = true;
         let mut events: Vec<Arc<Event>> = Vec::new();
@@ -134,44 +131,25 @@ impl History {
         }
         events.sort_by_key(|e| e.seq);
         events.dedup_by_key(|e| e.seq);
-        Replay {
-            events,
-            recovered,
-            head,
-        }
+        Replay { events, recovered, head }
     }
 
     /// One page of a stream's history: events with `seq > since`, oldest first, at most `limit`.
     pub fn page(&self, stream: &str, since: u64, limit: usize) -> Vec<Arc<Event>> {
         self.streams
             .get(stream)
-            .map(|s| {
-                s.events
-                    .iter()
-                    .filter(|e| e.seq > since)
-                    .take(limit)
-                    .cloned()
-                    .collect()
-            })
+            .map(|s| s.events.iter().filter(|e| e.seq > since).take(limit).cloned().collect())
             .unwrap_or_default()
     }
 
-    /// Finds an event by id in a stream's kept history (newest first).
+    /// Finds a kept event by id.
     pub fn find(&self, id: &str) -> Option<Arc<Event>> {
-        self.streams
-            .values()
-            .flat_map(|s| s.events.iter().rev())
-            .find(|e| e.id == id)
-            .cloned()
+        self.by_id.get(id).and_then(Weak::upgrade)
     }
 
     /// The latest `limit` events across all streams, newest first.
     pub fn latest(&self, limit: usize) -> Vec<Arc<Event>> {
-        let mut all: Vec<Arc<Event>> = self
-            .streams
-            .values()
-            .flat_map(|s| s.events.iter().cloned())
-            .collect();
+        let mut all: Vec<Arc<Event>> = self.streams.values().flat_map(|s| s.events.iter().cloned()).collect();
         all.sort_by_key(|e| std::cmp::Reverse(e.seq));
         all.dedup_by_key(|e| e.seq);
         all.truncate(limit);
@@ -196,6 +174,7 @@ mod tests {
             from: None,
             exclude: None,
             accepted_ms: ms,
+            receipt: Default::default(),
         })
     }
 
@@ -207,10 +186,7 @@ mod tests {
         h.append(&ev(3, &["b"], 0), |_| None);
         let r = h.replay(&["a".into(), "b".into()], Some(1));
         assert!(r.recovered);
-        assert_eq!(
-            r.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
-            vec![2, 3]
-        );
+        assert_eq!(r.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3]);
         assert_eq!(r.head, 3);
     }
 

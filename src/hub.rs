@@ -26,9 +26,7 @@ use crate::engine::{Engine, EngineError};
 use crate::history::Replay;
 use crate::metrics::Metrics;
 use crate::namespace::Namespaces;
-use crate::protocol::{
-    BROADCAST, CloseReason, Delivery, Event, error_frame, now_rfc3339, to_frame,
-};
+use crate::protocol::{BROADCAST, CloseReason, Delivery, error_frame, now_rfc3339, to_frame};
 
 /// A connection's number, unique in this process.
 pub type ConnId = u64;
@@ -42,10 +40,12 @@ const COMMAND_QUEUE: usize = 4096;
 /// What goes into a connection's send queue.
 #[derive(Debug)]
 pub enum Outbound {
-    /// One text frame.
+    /// A control frame (`hub:*`) or a replayed event.
     Frame(Utf8Bytes),
-    /// Several frames that must stay together (a resume reply and its replay); takes one slot.
-    Batch(Vec<Utf8Bytes>),
+    /// A live event: frame `index` of the delivery; the writer counts it as written.
+    Event(Arc<Delivery>, u32),
+    /// Items that must stay together (a resume reply and its replay); takes one slot.
+    Batch(Vec<Outbound>),
 }
 
 /// Where a resume starts.
@@ -189,7 +189,7 @@ pub enum Command {
 /// Events handed over by the engine, with an optional reply of recipients per event.
 pub struct DeliverMsg {
     /// The events, in seq order.
-    pub deliveries: Vec<Delivery>,
+    pub deliveries: Vec<Arc<Delivery>>,
     /// Recipients per event.
     pub reply: Option<oneshot::Sender<Vec<usize>>>,
 }
@@ -210,10 +210,7 @@ impl HubHandle {
     }
 
     /// Sends a query and waits for its reply.
-    pub async fn ask<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<T>) -> Command,
-    ) -> Result<T, EngineError> {
+    pub async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, EngineError> {
         let (tx, rx) = oneshot::channel();
         if !self.send(make(tx)).await {
             return Err(EngineError::Stopped);
@@ -224,12 +221,10 @@ impl HubHandle {
     /// Hands events to the hub in order without waiting.
     pub fn deliver(
         &self,
-        deliveries: Vec<Delivery>,
+        deliveries: Vec<Arc<Delivery>>,
         reply: Option<oneshot::Sender<Vec<usize>>>,
     ) -> Result<(), EngineError> {
-        self.deliveries
-            .send(DeliverMsg { deliveries, reply })
-            .map_err(|_| EngineError::Stopped)
+        self.deliveries.send(DeliverMsg { deliveries, reply }).map_err(|_| EngineError::Stopped)
     }
 
     /// A fresh connection number.
@@ -258,19 +253,8 @@ pub struct HubInbox {
 pub fn channel(node: &str) -> (HubHandle, HubInbox) {
     let (ctx, crx) = mpsc::channel(COMMAND_QUEUE);
     let (dtx, drx) = mpsc::unbounded_channel();
-    let handle = HubHandle {
-        commands: ctx,
-        deliveries: dtx,
-        next_id: Arc::new(AtomicU64::new(0)),
-        node: node.into(),
-    };
-    (
-        handle,
-        HubInbox {
-            commands: crx,
-            deliveries: drx,
-        },
-    )
+    let handle = HubHandle { commands: ctx, deliveries: dtx, next_id: Arc::new(AtomicU64::new(0)), node: node.into() };
+    (handle, HubInbox { commands: crx, deliveries: drx })
 }
 
 enum PendingKind {
@@ -285,7 +269,7 @@ struct Pending {
     streams: Vec<String>,
     since: Option<u64>,
     epoch_ok: bool,
-    buffer: Vec<(Arc<Event>, Utf8Bytes)>,
+    buffer: Vec<(Arc<Delivery>, u32)>,
 }
 
 struct Conn {
@@ -309,23 +293,20 @@ enum Offer {
 
 impl Conn {
     /// Offers one event through `stream`; at most once per event however many streams match.
-    fn offer(&mut self, event: &Arc<Event>, stream: &str, frame: &Utf8Bytes) -> Offer {
-        if self.last_seq == event.seq {
+    fn offer(&mut self, delivery: &Arc<Delivery>, index: u32, stream: &str) -> Offer {
+        let seq = delivery.event.seq;
+        if self.last_seq == seq {
             return Offer::Skipped;
         }
-        self.last_seq = event.seq;
-        if let Some(p) = self
-            .pending
-            .iter_mut()
-            .find(|p| p.streams.iter().any(|s| s == stream))
-        {
-            p.buffer.push((Arc::clone(event), frame.clone()));
+        self.last_seq = seq;
+        if let Some(p) = self.pending.iter_mut().find(|p| p.streams.iter().any(|s| s == stream)) {
+            p.buffer.push((Arc::clone(delivery), index));
             return Offer::Sent;
         }
         if !self.pending.is_empty() {
-            self.live_seqs.push(event.seq);
+            self.live_seqs.push(seq);
         }
-        self.push(Outbound::Frame(frame.clone()))
+        self.push(Outbound::Event(Arc::clone(delivery), index))
     }
 
     fn push(&self, out: Outbound) -> Offer {
@@ -337,8 +318,7 @@ impl Conn {
     }
 
     fn in_stream(&self, stream: &str) -> bool {
-        self.channels.iter().any(|c| c == stream)
-            || self.identity.auto_streams().iter().any(|s| s == stream)
+        self.channels.iter().any(|c| c == stream) || self.identity.auto_streams().iter().any(|s| s == stream)
     }
 }
 
@@ -355,21 +335,8 @@ pub struct Hub {
 
 impl Hub {
     /// A hub delivering for `engine`.
-    pub fn new(
-        handle: HubHandle,
-        engine: Arc<dyn Engine>,
-        metrics: Arc<Metrics>,
-        namespaces: Namespaces,
-    ) -> Self {
-        Self {
-            conns: HashMap::new(),
-            streams: HashMap::new(),
-            engine,
-            handle,
-            metrics,
-            namespaces,
-            next_ticket: 0,
-        }
+    pub fn new(handle: HubHandle, engine: Arc<dyn Engine>, metrics: Arc<Metrics>, namespaces: Namespaces) -> Self {
+        Self { conns: HashMap::new(), streams: HashMap::new(), engine, handle, metrics, namespaces, next_ticket: 0 }
     }
 
     /// Runs until a `Shutdown` command or until every handle is dropped.
@@ -394,26 +361,14 @@ impl Hub {
         match command {
             Command::Register(new) => self.register(new),
             Command::Unregister(id) => self.drop_conn(id, None),
-            Command::Subscribe {
-                id,
-                channel,
-                resume,
-            } => self.subscribe(id, channel, resume),
+            Command::Subscribe { id, channel, resume } => self.subscribe(id, channel, resume),
             Command::Unsubscribe { id, channel } => self.unsubscribe(id, &channel),
             Command::Identify { id, identity } => self.identify(id, identity),
             Command::Replayed { id, ticket, result } => self.replayed(id, ticket, result),
-            Command::Kick {
-                client_id,
-                user,
-                reply,
-            } => {
+            Command::Kick { client_id, user, reply } => {
                 let _ = reply.send(self.kick(client_id.as_deref(), user.as_deref()));
             }
-            Command::Clients {
-                offset,
-                limit,
-                reply,
-            } => {
+            Command::Clients { offset, limit, reply } => {
                 let _ = reply.send(self.clients(offset, limit));
             }
             Command::Channels { reply } => {
@@ -437,29 +392,29 @@ impl Hub {
     }
 
     /// Fans one event out to every connection in any of its target streams, once each.
-    fn deliver(&mut self, d: &Delivery) -> usize {
+    fn deliver(&mut self, d: &Arc<Delivery>) -> usize {
         let skip = d.event.exclude.as_deref().and_then(|c| self.local_id(c));
         let mut sent = 0;
         let mut dropped = Vec::new();
-        let mut offer = |id: ConnId, conn: &mut Conn, stream: &str, frame: &Utf8Bytes| {
+        let mut offer = |id: ConnId, conn: &mut Conn, stream: &str, index: u32| {
             if Some(id) == skip {
                 return;
             }
-            match conn.offer(&d.event, stream, frame) {
+            match conn.offer(d, index, stream) {
                 Offer::Skipped => {}
                 Offer::Sent => sent += 1,
                 Offer::Dropped(reason) => dropped.push((id, reason)),
             }
         };
-        for (target, frame) in d.event.targets.iter().zip(&d.frames) {
+        for (index, target) in (0u32..).zip(&d.event.targets) {
             if target == BROADCAST {
                 for (id, conn) in &mut self.conns {
-                    offer(*id, conn, target, frame);
+                    offer(*id, conn, target, index);
                 }
             } else if let Some(subscribers) = self.streams.get(target) {
                 for id in subscribers {
                     if let Some(conn) = self.conns.get_mut(id) {
-                        offer(*id, conn, target, frame);
+                        offer(*id, conn, target, index);
                     }
                 }
             }
@@ -473,9 +428,7 @@ impl Hub {
     }
 
     fn local_id(&self, client_id: &str) -> Option<ConnId> {
-        let rest = client_id
-            .strip_prefix(self.handle.node())?
-            .strip_prefix('-')?;
+        let rest = client_id.strip_prefix(self.handle.node())?.strip_prefix('-')?;
         rest.parse().ok()
     }
 
@@ -532,13 +485,7 @@ impl Hub {
     }
 
     /// Marks `streams` as pending for `id` and asks the engine for their history.
-    fn start_pending(
-        &mut self,
-        id: ConnId,
-        kind: PendingKind,
-        streams: Vec<String>,
-        resume: Resume,
-    ) {
+    fn start_pending(&mut self, id: ConnId, kind: PendingKind, streams: Vec<String>, resume: Resume) {
         let epoch_ok = resume.epoch.as_deref() == Some(self.engine.epoch().as_str());
         self.start_pending_since(id, kind, streams, Some(resume.since), epoch_ok);
     }
@@ -557,14 +504,7 @@ impl Hub {
         self.next_ticket += 1;
         let ticket = self.next_ticket;
         let read_since = if epoch_ok { since } else { None };
-        conn.pending.push(Pending {
-            ticket,
-            kind,
-            streams: streams.clone(),
-            since,
-            epoch_ok,
-            buffer: Vec::new(),
-        });
+        conn.pending.push(Pending { ticket, kind, streams: streams.clone(), since, epoch_ok, buffer: Vec::new() });
         let (engine, handle) = (Arc::clone(&self.engine), self.handle.clone());
         tokio::spawn(async move {
             let result = engine.replay(streams, read_since).await;
@@ -596,24 +536,16 @@ impl Hub {
                 if conn.live_seqs.contains(&event.seq) {
                     continue;
                 }
-                let label = pending
-                    .streams
-                    .iter()
-                    .find(|s| event.targets.contains(s))
-                    .map_or(BROADCAST, String::as_str);
-                events.push(event.frame(label, &epoch));
+                let label =
+                    pending.streams.iter().find(|s| event.targets.contains(s)).map_or(BROADCAST, String::as_str);
+                events.push(Outbound::Frame(event.frame(label, &epoch)));
                 replayed_seqs.push(event.seq);
             }
         }
-        let recovery = pending.since.map(|_| {
-            (
-                pending.epoch_ok && engine_ok && replay.recovered,
-                replayed_seqs.len(),
-            )
-        });
-        for (event, frame) in pending.buffer {
-            if replayed_seqs.binary_search(&event.seq).is_err() {
-                events.push(frame);
+        let recovery = pending.since.map(|_| (pending.epoch_ok && engine_ok && replay.recovered, replayed_seqs.len()));
+        for (delivery, index) in pending.buffer {
+            if replayed_seqs.binary_search(&delivery.event.seq).is_err() {
+                events.push(Outbound::Event(delivery, index));
             }
         }
         if conn.pending.is_empty() {
@@ -621,14 +553,12 @@ impl Hub {
         }
         let reply = match &pending.kind {
             PendingKind::Connect => self.connected_frame(id, recovery),
-            PendingKind::Subscribe(channel) => {
-                subscribed_frame(channel, &epoch, replay.head, recovery)
-            }
+            PendingKind::Subscribe(channel) => subscribed_frame(channel, &epoch, replay.head, recovery),
         };
-        let mut frames = Vec::with_capacity(events.len() + 1);
-        frames.push(reply);
-        frames.extend(events);
-        self.push_or_drop(id, Outbound::Batch(frames));
+        let mut items = Vec::with_capacity(events.len() + 1);
+        items.push(Outbound::Frame(reply));
+        items.extend(events);
+        self.push_or_drop(id, Outbound::Batch(items));
     }
 
     fn subscribe(&mut self, id: ConnId, channel: String, resume: Option<Resume>) {
@@ -638,10 +568,7 @@ impl Hub {
         let known = conn.in_stream(&channel);
         if !known && conn.channels.len() >= MAX_SUBSCRIPTIONS {
             let msg = format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection");
-            self.push_or_drop(
-                id,
-                Outbound::Frame(error_frame("limit", &msg, Some(&channel))),
-            );
+            self.push_or_drop(id, Outbound::Frame(error_frame("limit", &msg, Some(&channel))));
             return;
         }
         if !known {
@@ -649,19 +576,10 @@ impl Hub {
             self.join(id, &channel);
         }
         let (since, epoch_ok) = match &resume {
-            Some(r) => (
-                Some(r.since),
-                r.epoch.as_deref() == Some(self.engine.epoch().as_str()),
-            ),
+            Some(r) => (Some(r.since), r.epoch.as_deref() == Some(self.engine.epoch().as_str())),
             None => (None, true),
         };
-        self.start_pending_since(
-            id,
-            PendingKind::Subscribe(channel.clone()),
-            vec![channel],
-            since,
-            epoch_ok,
-        );
+        self.start_pending_since(id, PendingKind::Subscribe(channel.clone()), vec![channel], since, epoch_ok);
     }
 
     fn unsubscribe(&mut self, id: ConnId, channel: &str) {
@@ -671,21 +589,14 @@ impl Hub {
         let frame = match conn.channels.iter().position(|c| c == channel) {
             Some(index) => {
                 conn.channels.swap_remove(index);
-                conn.pending
-                    .retain(|p| !matches!(&p.kind, PendingKind::Subscribe(c) if c == channel));
+                conn.pending.retain(|p| !matches!(&p.kind, PendingKind::Subscribe(c) if c == channel));
                 self.leave(id, channel);
                 to_frame(&json!({"type": "hub:unsubscribed", "channel": channel}))
             }
-            None if conn.identity.auto_streams().iter().any(|s| s == channel) => error_frame(
-                "forbidden",
-                "automatic streams cannot be left",
-                Some(channel),
-            ),
-            None => error_frame(
-                "not_subscribed",
-                "not subscribed to this channel",
-                Some(channel),
-            ),
+            None if conn.identity.auto_streams().iter().any(|s| s == channel) => {
+                error_frame("forbidden", "automatic streams cannot be left", Some(channel))
+            }
+            None => error_frame("not_subscribed", "not subscribed to this channel", Some(channel)),
         };
         self.push_or_drop(id, Outbound::Frame(frame));
     }
@@ -752,10 +663,8 @@ impl Hub {
             return;
         };
         let others = subscribers.iter().filter(|s| **s != id);
-        let user_count = others
-            .clone()
-            .filter(|s| self.conns.get(s).and_then(|c| c.identity.user.as_ref()) == Some(&user))
-            .count();
+        let user_count =
+            others.clone().filter(|s| self.conns.get(s).and_then(|c| c.identity.user.as_ref()) == Some(&user)).count();
         if user_count > 0 {
             return;
         }
@@ -780,12 +689,8 @@ impl Hub {
         let Some(conn) = self.conns.get(&id) else {
             return;
         };
-        let streams: Vec<String> = conn
-            .identity
-            .auto_streams()
-            .into_iter()
-            .chain(conn.channels.iter().cloned())
-            .collect();
+        let streams: Vec<String> =
+            conn.identity.auto_streams().into_iter().chain(conn.channels.iter().cloned()).collect();
         // Leave while still registered: presence events need the leaver's identity.
         for stream in &streams {
             self.leave(id, stream);
@@ -808,9 +713,7 @@ impl Hub {
         let targets: Vec<ConnId> = self
             .conns
             .iter()
-            .filter(|(id, conn)| {
-                Some(**id) == by_client || (user.is_some() && conn.identity.user.as_deref() == user)
-            })
+            .filter(|(id, conn)| Some(**id) == by_client || (user.is_some() && conn.identity.user.as_deref() == user))
             .map(|(id, _)| *id)
             .collect();
         for id in &targets {
@@ -841,11 +744,8 @@ impl Hub {
     }
 
     fn channel_counts(&self) -> Vec<(String, usize)> {
-        let mut list: Vec<(String, usize)> = self
-            .streams
-            .iter()
-            .map(|(name, subs)| (name.clone(), subs.len()))
-            .collect();
+        let mut list: Vec<(String, usize)> =
+            self.streams.iter().map(|(name, subs)| (name.clone(), subs.len())).collect();
         list.push((BROADCAST.to_string(), self.conns.len()));
         list.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         list
@@ -855,10 +755,7 @@ impl Hub {
         let ids: Vec<ConnId> = if channel == BROADCAST {
             self.conns.keys().copied().collect()
         } else {
-            self.streams
-                .get(channel)
-                .map(|s| s.iter().copied().collect())
-                .unwrap_or_default()
+            self.streams.get(channel).map(|s| s.iter().copied().collect()).unwrap_or_default()
         };
         let mut users: HashMap<String, usize> = HashMap::new();
         let mut anonymous = 0;
@@ -874,10 +771,7 @@ impl Hub {
     }
 
     fn stats(&self) -> HubStats {
-        let mut stats = HubStats {
-            connections: self.conns.len(),
-            ..Default::default()
-        };
+        let mut stats = HubStats { connections: self.conns.len(), ..Default::default() };
         for conn in self.conns.values() {
             if conn.identity.is_authenticated() {
                 stats.authenticated += 1;
@@ -896,14 +790,8 @@ impl Hub {
     }
 }
 
-fn subscribed_frame(
-    channel: &str,
-    epoch: &str,
-    head: u64,
-    recovery: Option<(bool, usize)>,
-) -> Utf8Bytes {
-    let mut frame =
-        json!({"type": "hub:subscribed", "channel": channel, "epoch": epoch, "seq": head});
+fn subscribed_frame(channel: &str, epoch: &str, head: u64, recovery: Option<(bool, usize)>) -> Utf8Bytes {
+    let mut frame = json!({"type": "hub:subscribed", "channel": channel, "epoch": epoch, "seq": head});
     if let Some((recovered, replayed)) = recovery {
         frame["recovered"] = recovered.into();
         frame["replayed"] = replayed.into();

@@ -23,19 +23,12 @@ pub struct IdempotencyCache {
 impl IdempotencyCache {
     /// A cache remembering keys for `ttl`.
     pub fn new(ttl: Duration) -> Self {
-        Self {
-            ttl,
-            entries: Mutex::new(HashMap::new()),
-        }
+        Self { ttl, entries: Mutex::new(HashMap::new()) }
     }
 
     /// Runs `publish` once per key within the window; without a key it always runs.
     /// A failed publish is not remembered, so a retry runs again.
-    pub async fn run<F, Fut>(
-        &self,
-        key: Option<String>,
-        publish: F,
-    ) -> Result<Vec<Published>, EngineError>
+    pub async fn run<F, Fut>(&self, key: Option<String>, publish: F) -> Result<Vec<Published>, EngineError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Vec<Published>, EngineError>>,
@@ -59,16 +52,11 @@ impl IdempotencyCache {
 
     fn slot(&self, key: String) -> Result<Slot, EngineError> {
         let now = Instant::now();
-        let mut entries = self
-            .entries
-            .lock()
-            .map_err(|_| EngineError::Storage("idempotency lock poisoned".into()))?;
+        let mut entries = self.entries.lock().map_err(|_| EngineError::Storage("idempotency lock poisoned".into()))?;
         if entries.len() >= 1024 && entries.len().is_power_of_two() {
             entries.retain(|_, (expires, _)| *expires > now);
         }
-        let entry = entries
-            .entry(key)
-            .or_insert_with(|| (now + self.ttl, Arc::new(OnceCell::new())));
+        let entry = entries.entry(key).or_insert_with(|| (now + self.ttl, Arc::new(OnceCell::new())));
         if entry.0 <= now {
             *entry = (now + self.ttl, Arc::new(OnceCell::new()));
         }
@@ -82,11 +70,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn published(n: u64) -> Vec<Published> {
-        vec![Published {
-            id: format!("e{n}"),
-            seq: n,
-            recipients: 0,
-        }]
+        vec![Published { id: format!("e{n}"), seq: n, recipients: 0 }]
     }
 
     #[tokio::test]
@@ -117,28 +101,18 @@ mod tests {
     #[tokio::test]
     async fn failures_are_not_remembered() {
         let cache = IdempotencyCache::new(Duration::from_secs(60));
-        let first = cache
-            .run(Some("k".into()), || async { Err(EngineError::Stopped) })
-            .await;
+        let first = cache.run(Some("k".into()), || async { Err(EngineError::Stopped) }).await;
         assert!(first.is_err());
-        let second = cache
-            .run(Some("k".into()), || async { Ok(published(2)) })
-            .await;
+        let second = cache.run(Some("k".into()), || async { Ok(published(2)) }).await;
         assert_eq!(second.expect("ok")[0].seq, 2);
     }
 
     #[tokio::test(start_paused = true)]
     async fn keys_expire_after_the_window() {
         let cache = IdempotencyCache::new(Duration::from_secs(1));
-        cache
-            .run(Some("k".into()), || async { Ok(published(1)) })
-            .await
-            .expect("ok");
+        cache.run(Some("k".into()), || async { Ok(published(1)) }).await.expect("ok");
         tokio::time::advance(Duration::from_secs(2)).await;
-        let again = cache
-            .run(Some("k".into()), || async { Ok(published(2)) })
-            .await
-            .expect("ok");
+        let again = cache.run(Some("k".into()), || async { Ok(published(2)) }).await.expect("ok");
         assert_eq!(again[0].seq, 2);
     }
 }

@@ -60,11 +60,7 @@ pub enum Error {
 
 /// Serves the hub on `listener` until `shutdown` is cancelled, then closes every connection with
 /// 1001 and waits for them (at most `--shutdown-timeout`).
-pub async fn run(
-    listener: TcpListener,
-    config: Config,
-    shutdown: CancellationToken,
-) -> Result<(), Error> {
+pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     let verifier = match (&config.jwt_secret, &config.jwt_public_key) {
         (Some(secret), _) => Some(Verifier::hs256(secret)),
         (None, Some(path)) => Some(Verifier::from_pem_file(path)?),
@@ -74,12 +70,7 @@ pub async fn run(
     let node = engine::memory::new_epoch()[..6].to_string();
     let (hub, inbox) = hub::channel(&node);
     let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new(hub.clone(), &config));
-    let actor = Hub::new(
-        hub.clone(),
-        Arc::clone(&engine),
-        Arc::clone(&metrics),
-        config.namespaces.clone(),
-    );
+    let actor = Hub::new(hub.clone(), Arc::clone(&engine), Arc::clone(&metrics), config.namespaces.clone());
     let hub_task = tokio::spawn(actor.run(inbox));
     let shutdown_timeout = config.shutdown_timeout;
     let app = Arc::new(AppState {
@@ -95,18 +86,14 @@ pub async fn run(
     let router = http::router(Arc::clone(&app));
     let service = router.into_make_service_with_connect_info::<SocketAddr>();
     let server_stop = CancellationToken::new();
-    let serve = axum::serve(listener, service)
-        .with_graceful_shutdown(server_stop.clone().cancelled_owned());
+    let serve = axum::serve(listener, service).with_graceful_shutdown(server_stop.clone().cancelled_owned());
     let server = tokio::spawn(async move { serve.await });
     shutdown.cancelled().await;
     tracing::info!("shutting down: closing connections with 1001");
     hub.send(Command::Shutdown).await;
     let _ = hub_task.await;
     app.connections.close();
-    if tokio::time::timeout(shutdown_timeout, app.connections.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(shutdown_timeout, app.connections.wait()).await.is_err() {
         tracing::warn!("some connections did not close within {shutdown_timeout:?}");
     }
     server_stop.cancel();

@@ -16,14 +16,10 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     init_tracing(config.log_format);
-    let listener = TcpListener::bind(config.addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.addr))?;
+    let listener = TcpListener::bind(config.addr).await.with_context(|| format!("cannot listen on {}", config.addr))?;
     let addr = listener.local_addr()?;
     if config.cors_origins.is_empty() && !addr.ip().is_loopback() {
-        tracing::warn!(
-            "listening on {addr} with CORS open to any origin; restrict it with --cors-origins"
-        );
+        tracing::warn!("listening on {addr} with CORS open to any origin; restrict it with --cors-origins");
     }
     if config.api_key.is_none() && !addr.ip().is_loopback() {
         tracing::warn!("no --api-key: /notify and admin endpoints accept only loopback clients");
@@ -38,9 +34,7 @@ async fn main() -> anyhow::Result<()> {
 
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

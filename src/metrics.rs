@@ -1,10 +1,7 @@
 //! Process-wide counters and gauges, exported in Prometheus text format by the `prometheus`
 //! crate. Hot paths touch them once per event or connection, never once per delivery.
 
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
-};
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 /// The hub's metrics.
 pub struct Metrics {
@@ -38,50 +35,26 @@ impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let connections = IntGauge::new("wshub_connections", "Open WebSocket connections")?;
-        let connections_total = IntCounter::new(
-            "wshub_connections_total",
-            "Connections accepted since start",
-        )?;
+        let connections_total = IntCounter::new("wshub_connections_total", "Connections accepted since start")?;
         let events_by_namespace = IntCounterVec::new(
-            Opts::new(
-                "wshub_events_published_total",
-                "Events accepted for publishing, by namespace",
-            ),
+            Opts::new("wshub_events_published_total", "Events accepted for publishing, by namespace"),
             &["namespace"],
         )?;
-        let events_published = IntCounter::new(
-            "wshub_events_fanned_out_total",
-            "Events fanned out by this node",
-        )?;
+        let events_published = IntCounter::new("wshub_events_fanned_out_total", "Events fanned out by this node")?;
         let deliveries = IntCounter::new("wshub_deliveries_total", "Frames queued to connections")?;
-        let slow_consumers = IntCounter::new(
-            "wshub_slow_consumer_disconnects_total",
-            "Connections dropped for a full send queue",
-        )?;
+        let slow_consumers =
+            IntCounter::new("wshub_slow_consumer_disconnects_total", "Connections dropped for a full send queue")?;
         let auth_failures = IntCounterVec::new(
-            Opts::new(
-                "wshub_auth_failures_total",
-                "Refused client tokens, by reason",
-            ),
+            Opts::new("wshub_auth_failures_total", "Refused client tokens, by reason"),
             &["reason"],
         )?;
-        let publish_rejected = IntCounterVec::new(
-            Opts::new(
-                "wshub_publish_rejected_total",
-                "Refused publishes, by reason",
-            ),
-            &["reason"],
-        )?;
+        let publish_rejected =
+            IntCounterVec::new(Opts::new("wshub_publish_rejected_total", "Refused publishes, by reason"), &["reason"])?;
         let channels = IntGauge::new("wshub_channels", "Streams with local subscribers")?;
         let history_bytes = IntGauge::new("wshub_history_bytes", "Bytes of event history held")?;
         let delivery_latency = Histogram::with_opts(
-            HistogramOpts::new(
-                "wshub_delivery_latency_seconds",
-                "Publish accepted to frame written to the socket",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]),
+            HistogramOpts::new("wshub_delivery_latency_seconds", "Publish accepted to frame written to the socket")
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
         )?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(connections_total.clone()))?;

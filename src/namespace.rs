@@ -67,10 +67,7 @@ impl Namespaces {
                 return Err("a namespace has an empty prefix".into());
             }
             if ns.subscribe == SubscribeRule::Roles && ns.roles.is_empty() {
-                return Err(format!(
-                    "namespace {:?}: subscribe = \"roles\" needs a roles list",
-                    ns.prefix
-                ));
+                return Err(format!("namespace {:?}: subscribe = \"roles\" needs a roles list", ns.prefix));
             }
         }
         Ok(parsed)
@@ -78,10 +75,7 @@ impl Namespaces {
 
     /// The namespace a channel belongs to (longest prefix), if any.
     pub fn find(&self, channel: &str) -> Option<&Namespace> {
-        self.list
-            .iter()
-            .filter(|ns| channel.starts_with(&ns.prefix))
-            .max_by_key(|ns| ns.prefix.len())
+        self.list.iter().filter(|ns| channel.starts_with(&ns.prefix)).max_by_key(|ns| ns.prefix.len())
     }
 }
 
@@ -103,10 +97,7 @@ mod tests {
             "#,
         )
         .expect("valid");
-        assert_eq!(
-            ns.find("chat:staff:1").map(|n| n.subscribe),
-            Some(SubscribeRule::Roles)
-        );
+        assert_eq!(ns.find("chat:staff:1").map(|n| n.subscribe), Some(SubscribeRule::Roles));
         assert!(ns.find("chat:1").is_some_and(|n| n.publish));
         assert!(ns.find("news").is_none());
     }
@@ -119,8 +110,6 @@ mod tests {
 
     #[test]
     fn roles_rule_needs_roles() {
-        assert!(
-            Namespaces::parse("[[namespace]]\nprefix = \"a:\"\nsubscribe = \"roles\"\n").is_err()
-        );
+        assert!(Namespaces::parse("[[namespace]]\nprefix = \"a:\"\nsubscribe = \"roles\"\n").is_err());
     }
 }

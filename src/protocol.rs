@@ -1,6 +1,9 @@
 //! The wire protocol: client frames, server control frames, notifications and close codes.
 //! docs/PROTOCOL.md is the reference; this module is its code.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
 use axum::extract::ws::Utf8Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -29,11 +32,7 @@ pub fn validate_channel(name: &str) -> Result<(), ChannelNameError> {
         return Err(ChannelNameError::Length);
     }
     let allowed = |c: char| c.is_ascii_alphanumeric() || "_-.:@=/".contains(c);
-    if name.chars().all(allowed) {
-        Ok(())
-    } else {
-        Err(ChannelNameError::Character)
-    }
+    if name.chars().all(allowed) { Ok(()) } else { Err(ChannelNameError::Character) }
 }
 
 /// A frame sent by a client.
@@ -181,6 +180,42 @@ pub struct Event {
     pub exclude: Option<String>,
     /// Unix milliseconds of acceptance, for history TTL.
     pub accepted_ms: u64,
+    /// Delivery receipt counters (local to this process).
+    #[serde(skip)]
+    pub receipt: Receipt,
+}
+
+/// How far an event got: connections it was written to and acknowledged by.
+#[derive(Debug, Default)]
+pub struct Receipt {
+    /// Connections the frame was written to.
+    pub written: AtomicU32,
+    /// Connections that acknowledged it.
+    pub acked: AtomicU32,
+    /// Users who acknowledged it (each once).
+    pub acked_users: Mutex<Vec<String>>,
+}
+
+impl Receipt {
+    /// Records one acknowledgement, by `user` when the connection has one.
+    pub fn ack(&self, user: Option<&str>) {
+        self.acked.fetch_add(1, Ordering::Relaxed);
+        if let (Some(user), Ok(mut users)) = (user, self.acked_users.lock())
+            && !users.iter().any(|u| u == user)
+        {
+            users.push(user.to_string());
+        }
+    }
+
+    /// A JSON summary: `{"written","acked","acked_users"}`.
+    pub fn summary(&self) -> serde_json::Value {
+        let users = self.acked_users.lock().map(|u| u.clone()).unwrap_or_default();
+        serde_json::json!({
+            "written": self.written.load(Ordering::Relaxed),
+            "acked": self.acked.load(Ordering::Relaxed),
+            "acked_users": users,
+        })
+    }
 }
 
 /// The notification frame as clients see it (the Go hub's shape plus resume fields).
@@ -233,20 +268,18 @@ impl Event {
 #[derive(Debug)]
 pub struct Delivery {
     /// The event.
-    pub event: std::sync::Arc<Event>,
+    pub event: Arc<Event>,
     /// One frame per entry of `event.targets`, in the same order.
     pub frames: Vec<Utf8Bytes>,
+    /// When this process got the event, for the delivery-latency histogram.
+    pub received: std::time::Instant,
 }
 
 impl Delivery {
     /// Serializes the frames of `event` for each of its targets.
-    pub fn new(event: std::sync::Arc<Event>, epoch: &str) -> Self {
-        let frames = event
-            .targets
-            .iter()
-            .map(|t| event.frame(t, epoch))
-            .collect();
-        Self { event, frames }
+    pub fn new(event: Arc<Event>, epoch: &str) -> Self {
+        let frames = event.targets.iter().map(|t| event.frame(t, epoch)).collect();
+        Self { event, frames, received: std::time::Instant::now() }
     }
 }
 
@@ -256,9 +289,7 @@ pub fn to_frame<T: Serialize>(value: &T) -> Utf8Bytes {
         Ok(s) => Utf8Bytes::from(s),
         Err(e) => {
             tracing::error!(error = %e, "frame serialization failed");
-            Utf8Bytes::from_static(
-                r#"{"type":"hub:error","code":"internal","message":"serialization failed"}"#,
-            )
+            Utf8Bytes::from_static(r#"{"type":"hub:error","code":"internal","message":"serialization failed"}"#)
         }
     }
 }
@@ -279,21 +310,14 @@ pub fn error_frame(code: &str, message: &str, channel: Option<&str>) -> Utf8Byte
         #[serde(skip_serializing_if = "Option::is_none")]
         channel: Option<&'a str>,
     }
-    to_frame(&ErrorFrame {
-        kind: "hub:error",
-        code,
-        message,
-        channel,
-    })
+    to_frame(&ErrorFrame { kind: "hub:error", code, message, channel })
 }
 
 /// Current time as RFC 3339 UTC with milliseconds, and as Unix milliseconds.
 pub fn now_rfc3339() -> (String, u64) {
     let now = time::OffsetDateTime::now_utc();
     let ms = u64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
-    let text = now
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
+    let text = now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
     (text, ms)
 }
 
@@ -306,10 +330,7 @@ mod tests {
         assert!(validate_channel("service:12").is_ok());
         assert!(validate_channel("a/b@c=d.e_f-g").is_ok());
         assert_eq!(validate_channel(""), Err(ChannelNameError::Length));
-        assert_eq!(
-            validate_channel(&"a".repeat(129)),
-            Err(ChannelNameError::Length)
-        );
+        assert_eq!(validate_channel(&"a".repeat(129)), Err(ChannelNameError::Length));
         assert_eq!(validate_channel("sp ace"), Err(ChannelNameError::Character));
         assert_eq!(validate_channel("ñ"), Err(ChannelNameError::Character));
     }
@@ -323,8 +344,7 @@ mod tests {
 
     #[test]
     fn client_messages_parse_and_reject_unknown() {
-        let m: ClientMessage =
-            serde_json::from_str(r#"{"type":"subscribe","channel":"x","since":3}"#).expect("ok");
+        let m: ClientMessage = serde_json::from_str(r#"{"type":"subscribe","channel":"x","since":3}"#).expect("ok");
         assert!(matches!(m, ClientMessage::Subscribe { since: Some(3), .. }));
         assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"dance"}"#).is_err());
     }
@@ -343,6 +363,7 @@ mod tests {
             from: None,
             exclude: None,
             accepted_ms: 0,
+            receipt: Receipt::default(),
         };
         let v: serde_json::Value = serde_json::from_str(&ev.frame(BROADCAST, "ep")).expect("json");
         assert_eq!(v["type"], "test");

@@ -35,10 +35,7 @@ impl MemoryEngine {
         let ttl_ms = u64::try_from(config.history_ttl.as_millis()).unwrap_or(u64::MAX);
         Self {
             epoch: new_epoch(),
-            state: Mutex::new(State {
-                seq: 0,
-                history: History::new(config.history_size, ttl_ms),
-            }),
+            state: Mutex::new(State { seq: 0, history: History::new(config.history_size, ttl_ms) }),
             hub,
             namespaces: config.namespaces.clone(),
             idempotency: IdempotencyCache::new(config.idempotency_ttl),
@@ -46,9 +43,7 @@ impl MemoryEngine {
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, State>, EngineError> {
-        self.state
-            .lock()
-            .map_err(|_| EngineError::Storage("history lock poisoned".into()))
+        self.state.lock().map_err(|_| EngineError::Storage("history lock poisoned".into()))
     }
 
     async fn publish_now(&self, batch: Vec<NewEvent>) -> Result<Vec<Published>, EngineError> {
@@ -61,38 +56,22 @@ impl MemoryEngine {
             for new in batch {
                 state.seq += 1;
                 let event = Arc::new(stamp(new, state.seq, &timestamp, accepted_ms));
-                let sizes =
-                    |stream: &str| self.namespaces.find(stream).and_then(|ns| ns.history_size);
+                let sizes = |stream: &str| self.namespaces.find(stream).and_then(|ns| ns.history_size);
                 state.history.append(&event, sizes);
-                deliveries.push(Delivery::new(event, &self.epoch));
+                deliveries.push(Arc::new(Delivery::new(event, &self.epoch)));
             }
-            let stamped = deliveries
-                .iter()
-                .map(|d| (d.event.id.clone(), d.event.seq))
-                .collect();
+            let stamped = deliveries.iter().map(|d| (d.event.id.clone(), d.event.seq)).collect();
             self.hub.deliver(deliveries, Some(reply))?;
             stamped
         };
         let counts = counts.await.map_err(|_| EngineError::Stopped)?;
-        Ok(stamped
-            .into_iter()
-            .zip(counts)
-            .map(|((id, seq), recipients)| Published {
-                id,
-                seq,
-                recipients,
-            })
-            .collect())
+        Ok(stamped.into_iter().zip(counts).map(|((id, seq), recipients)| Published { id, seq, recipients }).collect())
     }
 }
 
 /// Gives an accepted event its id, position and time.
 fn stamp(new: NewEvent, seq: u64, timestamp: &str, accepted_ms: u64) -> Event {
-    let targets = if new.targets.is_empty() {
-        vec![BROADCAST.to_string()]
-    } else {
-        new.targets
-    };
+    let targets = if new.targets.is_empty() { vec![BROADCAST.to_string()] } else { new.targets };
     Event {
         id: uuid::Uuid::now_v7().simple().to_string(),
         seq,
@@ -104,6 +83,7 @@ fn stamp(new: NewEvent, seq: u64, timestamp: &str, accepted_ms: u64) -> Event {
         from: new.from,
         exclude: new.exclude,
         accepted_ms,
+        receipt: Default::default(),
     }
 }
 
@@ -122,31 +102,16 @@ impl Engine for MemoryEngine {
         self.lock().map_or(0, |s| s.seq)
     }
 
-    fn publish(
-        &self,
-        batch: Vec<NewEvent>,
-        key: Option<String>,
-    ) -> BoxFuture<'_, Result<Vec<Published>, EngineError>> {
-        self.idempotency
-            .run(key, move || self.publish_now(batch))
-            .boxed()
+    fn publish(&self, batch: Vec<NewEvent>, key: Option<String>) -> BoxFuture<'_, Result<Vec<Published>, EngineError>> {
+        self.idempotency.run(key, move || self.publish_now(batch)).boxed()
     }
 
-    fn replay(
-        &self,
-        streams: Vec<String>,
-        since: Option<u64>,
-    ) -> BoxFuture<'_, Result<Replay, EngineError>> {
+    fn replay(&self, streams: Vec<String>, since: Option<u64>) -> BoxFuture<'_, Result<Replay, EngineError>> {
         let result = self.lock().map(|s| s.history.replay(&streams, since));
         async move { result }.boxed()
     }
 
-    fn history(
-        &self,
-        stream: String,
-        since: u64,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<Arc<Event>>, EngineError>> {
+    fn history(&self, stream: String, since: u64, limit: usize) -> BoxFuture<'_, Result<Vec<Arc<Event>>, EngineError>> {
         let result = self.lock().map(|s| s.history.page(&stream, since, limit));
         async move { result }.boxed()
     }
@@ -161,15 +126,24 @@ impl Engine for MemoryEngine {
         async move { result }.boxed()
     }
 
+    fn ack(&self, ids: Vec<String>, user: Option<String>) -> BoxFuture<'_, ()> {
+        let events: Vec<Arc<Event>> =
+            self.lock().map(|s| ids.iter().filter_map(|id| s.history.find(id)).collect()).unwrap_or_default();
+        for event in events {
+            event.receipt.ack(user.as_deref());
+        }
+        async {}.boxed()
+    }
+
+    fn receipt(&self, event: Arc<Event>) -> BoxFuture<'_, serde_json::Value> {
+        async move { event.receipt.summary() }.boxed()
+    }
+
     fn history_bytes(&self) -> usize {
         self.lock().map_or(0, |s| s.history.bytes())
     }
 
     fn health(&self) -> EngineHealth {
-        EngineHealth {
-            kind: "memory",
-            ok: true,
-            detail: None,
-        }
+        EngineHealth { kind: "memory", ok: true, detail: None }
     }
 }

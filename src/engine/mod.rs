@@ -73,25 +73,22 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Events after `since` in `streams` (see [`crate::history::History::replay`]). The hub
     /// already routes live events of these streams to the asking connection when it calls this.
-    fn replay(
-        &self,
-        streams: Vec<String>,
-        since: Option<u64>,
-    ) -> BoxFuture<'_, Result<Replay, EngineError>>;
+    fn replay(&self, streams: Vec<String>, since: Option<u64>) -> BoxFuture<'_, Result<Replay, EngineError>>;
 
     /// One page of a stream's history.
-    fn history(
-        &self,
-        stream: String,
-        since: u64,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<Arc<Event>>, EngineError>>;
+    fn history(&self, stream: String, since: u64, limit: usize) -> BoxFuture<'_, Result<Vec<Arc<Event>>, EngineError>>;
 
     /// The most recent events across streams, newest first.
     fn recent(&self, limit: usize) -> BoxFuture<'_, Result<Vec<Arc<Event>>, EngineError>>;
 
     /// Finds a kept event by id.
     fn find(&self, id: String) -> BoxFuture<'_, Result<Option<Arc<Event>>, EngineError>>;
+
+    /// Records delivery receipts from a connection of `user` (or an anonymous one).
+    fn ack(&self, ids: Vec<String>, user: Option<String>) -> BoxFuture<'_, ()>;
+
+    /// The receipt of a kept event: `{"written","acked","acked_users"}`.
+    fn receipt(&self, event: Arc<Event>) -> BoxFuture<'_, serde_json::Value>;
 
     /// Called by the hub when a stream gains its first local subscriber.
     fn stream_opened(&self, _stream: &str) {}

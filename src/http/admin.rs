@@ -44,9 +44,7 @@ async fn stats(
     admin(&app, &headers, peer)?;
     let hub = app.hub.ask(|reply| Command::Stats { reply }).await?;
     let m = &app.metrics;
-    app.metrics
-        .history_bytes
-        .set(app.engine.history_bytes() as i64);
+    app.metrics.history_bytes.set(app.engine.history_bytes() as i64);
     Ok(Json(json!({
         "node": app.hub.node(),
         "clients": hub.connections,
@@ -85,16 +83,8 @@ async fn metrics(
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
     admin(&app, &headers, peer)?;
-    app.metrics
-        .history_bytes
-        .set(app.engine.history_bytes() as i64);
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        app.metrics.render(),
-    ))
+    app.metrics.history_bytes.set(app.engine.history_bytes() as i64);
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], app.metrics.render()))
 }
 
 async fn channels(
@@ -104,10 +94,7 @@ async fn channels(
 ) -> Result<Json<Value>, ApiError> {
     admin(&app, &headers, peer)?;
     let list = app.hub.ask(|reply| Command::Channels { reply }).await?;
-    let rows: Vec<Value> = list
-        .into_iter()
-        .map(|(name, n)| json!({"channel": name, "subscribers": n}))
-        .collect();
+    let rows: Vec<Value> = list.into_iter().map(|(name, n)| json!({"channel": name, "subscribers": n})).collect();
     Ok(Json(json!({ "channels": rows })))
 }
 
@@ -119,20 +106,9 @@ async fn presence(
 ) -> Result<Json<Value>, ApiError> {
     admin(&app, &headers, peer)?;
     validate_channel(&name).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let (users, anonymous) = app
-        .hub
-        .ask(|reply| Command::Presence {
-            channel: name.clone(),
-            reply,
-        })
-        .await?;
-    let users: Vec<Value> = users
-        .into_iter()
-        .map(|(user, n)| json!({"user": user, "connections": n}))
-        .collect();
-    Ok(Json(
-        json!({ "channel": name, "users": users, "anonymous": anonymous }),
-    ))
+    let (users, anonymous) = app.hub.ask(|reply| Command::Presence { channel: name.clone(), reply }).await?;
+    let users: Vec<Value> = users.into_iter().map(|(user, n)| json!({"user": user, "connections": n})).collect();
+    Ok(Json(json!({ "channel": name, "users": users, "anonymous": anonymous })))
 }
 
 #[derive(Deserialize)]
@@ -152,14 +128,11 @@ async fn history(
 ) -> Result<Json<Value>, ApiError> {
     admin(&app, &headers, peer)?;
     validate_channel(&name).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let Query(q) =
-        query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
     let limit = q.limit.unwrap_or(100).min(1000);
     let events = app.engine.history(name.clone(), q.since, limit).await?;
     let rows: Vec<Value> = events.iter().map(|e| event_json(e)).collect();
-    Ok(Json(
-        json!({ "channel": name, "epoch": app.engine.epoch(), "events": rows }),
-    ))
+    Ok(Json(json!({ "channel": name, "epoch": app.engine.epoch(), "events": rows })))
 }
 
 fn event_json(e: &Event) -> Value {
@@ -184,20 +157,10 @@ async fn clients(
     query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     admin(&app, &headers, peer)?;
-    let Query(q) =
-        query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
     let limit = q.limit.unwrap_or(100).min(1000);
-    let (total, page) = app
-        .hub
-        .ask(|reply| Command::Clients {
-            offset: q.offset,
-            limit,
-            reply,
-        })
-        .await?;
-    Ok(Json(
-        json!({ "total": total, "offset": q.offset, "limit": limit, "clients": page }),
-    ))
+    let (total, page) = app.hub.ask(|reply| Command::Clients { offset: q.offset, limit, reply }).await?;
+    Ok(Json(json!({ "total": total, "offset": q.offset, "limit": limit, "clients": page })))
 }
 
 #[derive(Deserialize)]
@@ -213,12 +176,9 @@ async fn recent_events(
     query: Result<Query<LimitQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     admin(&app, &headers, peer)?;
-    let Query(q) =
-        query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
     let events = app.engine.recent(q.limit.unwrap_or(50).min(1000)).await?;
-    Ok(Json(
-        json!({ "events": events.iter().map(|e| event_json(e)).collect::<Vec<_>>() }),
-    ))
+    Ok(Json(json!({ "events": events.iter().map(|e| event_json(e)).collect::<Vec<_>>() })))
 }
 
 async fn event_by_id(
@@ -229,13 +189,11 @@ async fn event_by_id(
 ) -> Result<Json<Value>, ApiError> {
     admin(&app, &headers, peer)?;
     match app.engine.find(id.clone()).await? {
-        Some(event) => Ok(Json(
-            json!({ "event": event_json(&event), "targets": event.targets }),
-        )),
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no event {id:?} in the kept history"),
-        )),
+        Some(event) => {
+            let receipts = app.engine.receipt(Arc::clone(&event)).await;
+            Ok(Json(json!({ "event": event_json(&event), "targets": event.targets, "receipts": receipts })))
+        }
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no event {id:?} in the kept history"))),
     }
 }
 
@@ -257,14 +215,7 @@ async fn disconnect(
     if body.client_id.is_none() && body.user.is_none() {
         return Err(ApiError::bad_request("give `client_id` or `user`"));
     }
-    let n = app
-        .hub
-        .ask(|reply| Command::Kick {
-            client_id: body.client_id,
-            user: body.user,
-            reply,
-        })
-        .await?;
+    let n = app.hub.ask(|reply| Command::Kick { client_id: body.client_id, user: body.user, reply }).await?;
     Ok(Json(json!({ "disconnected": n })))
 }
 
@@ -286,8 +237,7 @@ async fn dev_token(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Result<Json<DevTokenBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let dev_allowed =
-        app.config.dev && app.config.addr.ip().is_loopback() && peer.ip().is_loopback();
+    let dev_allowed = app.config.dev && app.config.addr.ip().is_loopback() && peer.ip().is_loopback();
     let Some(secret) = app.config.jwt_secret.as_deref().filter(|_| dev_allowed) else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -295,11 +245,10 @@ async fn dev_token(
         ));
     };
     let Json(body) = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
         + body.ttl_s.unwrap_or(3600);
-    let claims = json!({"sub": body.sub, "role": body.role, "roles": body.roles, "channels": body.channels, "exp": exp});
+    let claims =
+        json!({"sub": body.sub, "role": body.role, "roles": body.roles, "channels": body.channels, "exp": exp});
     let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
     let token = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;

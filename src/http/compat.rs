@@ -32,33 +32,21 @@ async fn publish(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     authorize(app, headers, peer)?;
     require_json(headers)?;
-    let bytes =
-        serde_json::to_vec(&notification).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let bytes = serde_json::to_vec(&notification).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let accepted = parse_one(&bytes)?;
     let published = app.engine.publish(vec![accepted.event], None).await?;
-    let first = published
-        .first()
-        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "nothing published"))?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"success": true, "id": first.id, "recipients": first.recipients})),
-    ))
+    let first =
+        published.first().ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "nothing published"))?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"success": true, "id": first.id, "recipients": first.recipients}))))
 }
 
 fn body_json(body: &Bytes) -> Result<Value, ApiError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
-    if value.is_object() {
-        Ok(value)
-    } else {
-        Err(ApiError::bad_request("body must be a JSON object"))
-    }
+    let value: Value = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+    if value.is_object() { Ok(value) } else { Err(ApiError::bad_request("body must be a JSON object")) }
 }
 
 fn field<'a>(body: &'a Value, name: &str) -> Result<&'a Value, ApiError> {
-    body.get(name)
-        .filter(|v| !v.is_null())
-        .ok_or_else(|| ApiError::bad_request(format!("field `{name}` is required")))
+    body.get(name).filter(|v| !v.is_null()).ok_or_else(|| ApiError::bad_request(format!("field `{name}` is required")))
 }
 
 /// `{type, data, timestamp}` → broadcast.
@@ -106,16 +94,7 @@ async fn update_dashboard(
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let body = body_json(&body)?;
-    let kind = body
-        .get("event")
-        .cloned()
-        .unwrap_or_else(|| json!("dashboard_update"));
+    let kind = body.get("event").cloned().unwrap_or_else(|| json!("dashboard_update"));
     let data = body.get("payload").cloned().unwrap_or_else(|| body.clone());
-    publish(
-        &app,
-        &headers,
-        peer,
-        json!({"type": kind, "data": data, "channel": "dashboard"}),
-    )
-    .await
+    publish(&app, &headers, peer, json!({"type": kind, "data": data, "channel": "dashboard"})).await
 }

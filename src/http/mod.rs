@@ -39,10 +39,7 @@ pub struct ApiError {
 impl ApiError {
     /// An error with a status and a message for the caller.
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-        }
+        Self { status, message: message.into() }
     }
 
     /// 400 Bad Request.
@@ -98,56 +95,32 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
     } else {
         AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
     };
-    CorsLayer::new()
-        .allow_origin(allow)
-        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-        .allow_headers([
-            header::CONTENT_TYPE,
-            header::AUTHORIZATION,
-            "x-api-key".parse().expect("valid header name"),
-            "idempotency-key".parse().expect("valid header name"),
-        ])
+    CorsLayer::new().allow_origin(allow).allow_methods([Method::GET, Method::POST, Method::OPTIONS]).allow_headers([
+        header::CONTENT_TYPE,
+        header::AUTHORIZATION,
+        "x-api-key".parse().expect("valid header name"),
+        "idempotency-key".parse().expect("valid header name"),
+    ])
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "no such endpoint; see docs/PROTOCOL.md",
-    )
+    ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see docs/PROTOCOL.md")
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method not allowed; see the Allow header",
-    )
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed; see the Allow header")
 }
 
 async fn index() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        include_str!("../../static/index.html"),
-    )
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], include_str!("../../static/index.html"))
 }
 
 async fn wshub_js() -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/javascript; charset=utf-8",
-        )],
-        include_str!("../../static/wshub.js"),
-    )
+    ([(header::CONTENT_TYPE, "application/javascript; charset=utf-8")], include_str!("../../static/wshub.js"))
 }
 
 async fn wshub_mjs() -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/javascript; charset=utf-8",
-        )],
-        include_str!("../../static/wshub.mjs"),
-    )
+    ([(header::CONTENT_TYPE, "application/javascript; charset=utf-8")], include_str!("../../static/wshub.mjs"))
 }
 
 async fn health(State(app): State<Arc<AppState>>) -> impl IntoResponse {
@@ -159,11 +132,7 @@ async fn health(State(app): State<Arc<AppState>>) -> impl IntoResponse {
     } else {
         "degraded"
     };
-    let code = if status == "ok" {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let code = if status == "ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = json!({
         "status": status,
         "connections": app.metrics.connections.get(),
@@ -193,15 +162,10 @@ async fn ws(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     if app.shutdown.is_cancelled() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the hub is shutting down",
-        ));
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the hub is shutting down"));
     }
-    let upgrade = upgrade
-        .map_err(|e| ApiError::new(e.status(), format!("{e}: connect with a WebSocket client")))?;
-    let Query(query) =
-        query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
+    let upgrade = upgrade.map_err(|e| ApiError::new(e.status(), format!("{e}: connect with a WebSocket client")))?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
     let token = query.token.or_else(|| bearer(&headers).map(str::to_string));
     let handshake = match (token, &app.verifier) {
         (Some(token), Some(verifier)) => match verifier.verify(&token) {
@@ -211,10 +175,7 @@ async fn ws(
         (None, Some(_)) if app.config.require_auth => Handshake::AwaitAuth,
         _ => Handshake::Identified(None),
     };
-    let resume = query.since.map(|since| Resume {
-        since,
-        epoch: query.epoch,
-    });
+    let resume = query.since.map(|since| Resume { since, epoch: query.epoch });
     let max = app.config.max_message_bytes as usize;
     let tracker = app.connections.clone();
     Ok(upgrade
@@ -222,35 +183,20 @@ async fn ws(
         .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| {
-            tracker.track_future(connection::serve(socket, app, handshake, remote, resume))
-        }))
+        .on_upgrade(move |socket| tracker.track_future(connection::serve(socket, app, handshake, remote, resume))))
 }
 
 /// The token of an `Authorization: Bearer` header.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
 }
 
 /// Applies the publisher/admin rule to a request.
 pub fn authorize(app: &AppState, headers: &HeaderMap, peer: SocketAddr) -> Result<(), ApiError> {
-    let presented =
-        bearer(headers).or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
+    let presented = bearer(headers).or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
     check_api_key(app.config.api_key.as_deref(), presented, peer).map_err(|err| {
-        let reason = if err == ApiKeyError::Unauthorized {
-            "unauthorized"
-        } else {
-            "forbidden"
-        };
-        app.metrics
-            .publish_rejected
-            .with_label_values(&[reason])
-            .inc();
+        let reason = if err == ApiKeyError::Unauthorized { "unauthorized" } else { "forbidden" };
+        app.metrics.publish_rejected.with_label_values(&[reason]).inc();
         ApiError::from(err)
     })
 }

@@ -24,10 +24,7 @@ use crate::protocol::{empty_object, validate_channel};
 pub const MAX_BATCH: usize = 1000;
 
 pub(super) fn routes(max_body_bytes: usize) -> Router<Arc<AppState>> {
-    Router::new().route(
-        "/notify",
-        post(notify).layer(DefaultBodyLimit::max(max_body_bytes)),
-    )
+    Router::new().route("/notify", post(notify).layer(DefaultBodyLimit::max(max_body_bytes)))
 }
 
 /// One notification as a publisher sends it.
@@ -61,30 +58,18 @@ async fn notify(
 ) -> Result<Json<Value>, ApiError> {
     authorize(&app, &headers, peer)?;
     let reject = |reason: &str, err: ApiError| {
-        app.metrics
-            .publish_rejected
-            .with_label_values(&[reason])
-            .inc();
+        app.metrics.publish_rejected.with_label_values(&[reason]).inc();
         err
     };
     require_json(&headers).map_err(|e| reject("unsupported_media_type", e))?;
     let body = body.map_err(|e| match e.status() {
         StatusCode::PAYLOAD_TOO_LARGE => {
-            let msg = format!(
-                "body over {} bytes (--max-body-bytes)",
-                app.config.max_body_bytes
-            );
-            reject(
-                "too_large",
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, msg),
-            )
+            let msg = format!("body over {} bytes (--max-body-bytes)", app.config.max_body_bytes);
+            reject("too_large", ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, msg))
         }
         status => reject("bad_body", ApiError::new(status, e.body_text())),
     })?;
-    let header_key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let header_key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
     let (accepted, batch) = parse_body(&body).map_err(|e| reject("invalid", e))?;
     let key = match (&header_key, batch) {
         (Some(key), _) => Some(key.clone()),
@@ -104,11 +89,7 @@ async fn notify(
     }
     let events = accepted.into_iter().map(|a| a.event).collect();
     let published = app.engine.publish(events, key).await?;
-    Ok(Json(if batch {
-        Value::Array(published.iter().map(result).collect())
-    } else {
-        result(&published[0])
-    }))
+    Ok(Json(if batch { Value::Array(published.iter().map(result).collect()) } else { result(&published[0]) }))
 }
 
 fn result(p: &Published) -> Value {
@@ -117,40 +98,23 @@ fn result(p: &Published) -> Value {
 
 fn count_namespaces(app: &AppState, event: &NewEvent) {
     if event.targets.is_empty() {
-        app.metrics
-            .events_by_namespace
-            .with_label_values(&["broadcast"])
-            .inc();
+        app.metrics.events_by_namespace.with_label_values(&["broadcast"]).inc();
     }
     for target in &event.targets {
-        app.metrics
-            .events_by_namespace
-            .with_label_values(&[namespace_of(target)])
-            .inc();
+        app.metrics.events_by_namespace.with_label_values(&[namespace_of(target)]).inc();
     }
 }
 
 /// 415 unless the request says it is JSON.
 pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     if essence == "application/json" || essence.ends_with("+json") {
         Ok(())
     } else {
         Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!(
-                "Content-Type must be application/json (got {:?})",
-                content_type
-            ),
+            format!("Content-Type must be application/json (got {:?})", content_type),
         ))
     }
 }
@@ -159,25 +123,19 @@ pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
 fn parse_body(body: &[u8]) -> Result<(Vec<Accepted>, bool), ApiError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first == Some(&b'[') {
-        let items: Vec<Box<RawValue>> = serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+        let items: Vec<Box<RawValue>> =
+            serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
         if items.is_empty() {
-            return Err(ApiError::bad_request(
-                "empty batch: send at least one notification",
-            ));
+            return Err(ApiError::bad_request("empty batch: send at least one notification"));
         }
         if items.len() > MAX_BATCH {
-            return Err(ApiError::bad_request(format!(
-                "batch of {} notifications; at most {MAX_BATCH}",
-                items.len()
-            )));
+            return Err(ApiError::bad_request(format!("batch of {} notifications; at most {MAX_BATCH}", items.len())));
         }
         let accepted = items
             .iter()
             .enumerate()
             .map(|(i, raw)| {
-                parse_one(raw.get().as_bytes())
-                    .map_err(|e| ApiError::bad_request(format!("item {i}: {}", e.message)))
+                parse_one(raw.get().as_bytes()).map_err(|e| ApiError::bad_request(format!("item {i}: {}", e.message)))
             })
             .collect::<Result<_, _>>()?;
         Ok((accepted, true))
@@ -195,9 +153,7 @@ pub(crate) fn parse_one(json: &[u8]) -> Result<Accepted, ApiError> {
         if inner.is_data() && path != "." {
             ApiError::bad_request(format!("field `{path}`: {inner}"))
         } else if inner.is_data() {
-            ApiError::bad_request(format!(
-                "body must be a JSON object (or an array of them): {inner}"
-            ))
+            ApiError::bad_request(format!("body must be a JSON object (or an array of them): {inner}"))
         } else {
             ApiError::bad_request(format!("invalid JSON: {inner}"))
         }
@@ -228,27 +184,12 @@ pub(crate) fn parse_one(json: &[u8]) -> Result<Accepted, ApiError> {
     targets_of("channel", body.channel, "", &mut targets)?;
     targets_of("user", body.user, "user:", &mut targets)?;
     targets_of("role", body.role, "role:", &mut targets)?;
-    let event = NewEvent {
-        kind,
-        message,
-        data,
-        targets,
-        from: None,
-        exclude: None,
-    };
-    Ok(Accepted {
-        event,
-        key: body.idempotency_key,
-    })
+    let event = NewEvent { kind, message, data, targets, from: None, exclude: None };
+    Ok(Accepted { event, key: body.idempotency_key })
 }
 
 /// Adds the streams named by a target field (a string or an array of strings).
-fn targets_of(
-    field: &str,
-    value: Option<Value>,
-    prefix: &str,
-    out: &mut Vec<String>,
-) -> Result<(), ApiError> {
+fn targets_of(field: &str, value: Option<Value>, prefix: &str, out: &mut Vec<String>) -> Result<(), ApiError> {
     let names = match value {
         None | Some(Value::Null) => return Ok(()),
         Some(Value::String(s)) => vec![s],
@@ -258,26 +199,19 @@ fn targets_of(
             .map(|v| match v {
                 Value::String(s) => Ok(s),
                 Value::Number(n) if prefix == "user:" => Ok(n.to_string()),
-                _ => Err(ApiError::bad_request(format!(
-                    "field `{field}` must be a string or an array of strings"
-                ))),
+                _ => Err(ApiError::bad_request(format!("field `{field}` must be a string or an array of strings"))),
             })
             .collect::<Result<_, _>>()?,
         Some(_) => {
-            return Err(ApiError::bad_request(format!(
-                "field `{field}` must be a string or an array of strings"
-            )));
+            return Err(ApiError::bad_request(format!("field `{field}` must be a string or an array of strings")));
         }
     };
     for name in names {
         let stream = format!("{prefix}{name}");
         if name.is_empty() {
-            return Err(ApiError::bad_request(format!(
-                "field `{field}` has an empty name"
-            )));
+            return Err(ApiError::bad_request(format!("field `{field}` has an empty name")));
         }
-        validate_channel(&stream)
-            .map_err(|e| ApiError::bad_request(format!("field `{field}`: {name:?}: {e}")))?;
+        validate_channel(&stream).map_err(|e| ApiError::bad_request(format!("field `{field}`: {name:?}: {e}")))?;
         if !out.contains(&stream) {
             out.push(stream);
         }
@@ -313,20 +247,14 @@ mod tests {
     #[test]
     fn targets_are_deduplicated_and_prefixed() {
         let (a, batch) =
-            parse_body(br#"{"type":"t","user":["1",2,"1"],"role":"admin","channel":"news"}"#)
-                .expect("valid");
+            parse_body(br#"{"type":"t","user":["1",2,"1"],"role":"admin","channel":"news"}"#).expect("valid");
         assert!(!batch);
-        assert_eq!(
-            a[0].event.targets,
-            vec!["news", "user:1", "user:2", "role:admin"]
-        );
+        assert_eq!(a[0].event.targets, vec!["news", "user:1", "user:2", "role:admin"]);
     }
 
     #[test]
     fn go_hub_body_is_accepted() {
-        let (a, _) =
-            parse_body(br#"{"type":"test","message":"Hola mundo","data":{},"timestamp":"x"}"#)
-                .expect("valid");
+        let (a, _) = parse_body(br#"{"type":"test","message":"Hola mundo","data":{},"timestamp":"x"}"#).expect("valid");
         assert_eq!(a[0].event.kind, "test");
         assert!(a[0].event.targets.is_empty());
     }

@@ -56,36 +56,20 @@ pub async fn run(pool: &mut Pool, hub: &Hub, p: &ConnectPhase<'_>) -> Result<Pha
     m.push("connected", out.connected as f64, "");
     m.push("failed", out.failed as f64, "");
     m.push("connect_s", connect_s, "s");
-    m.push(
-        "connects_per_s",
-        out.connected as f64 / connect_s.max(1e-9),
-        "/s",
-    );
+    m.push("connects_per_s", out.connected as f64 / connect_s.max(1e-9), "/s");
     m.push("hub_rss_before", rss_before as f64 / 1048576.0, "MiB");
     m.push("hub_rss_after", rss_after as f64 / 1048576.0, "MiB");
     let per_conn = rss_after.saturating_sub(rss_before) as f64 / (out.connected.max(1)) as f64;
     m.push("rss_bytes_per_conn", per_conn, "B");
-    m.push(
-        "hub_cpu_us_per_connect",
-        (cpu_after - cpu_before) * 1e6 / out.connected.max(1) as f64,
-        "µs",
-    );
+    m.push("hub_cpu_us_per_connect", (cpu_after - cpu_before) * 1e6 / out.connected.max(1) as f64, "µs");
     m.push("workers", pool.workers() as f64, "");
     if out.failed > 0 {
-        r.fail(format!(
-            "{} of {} connections failed: {}",
-            out.failed,
-            p.clients,
-            out.failures.join("; ")
-        ));
+        r.fail(format!("{} of {} connections failed: {}", out.failed, p.clients, out.failures.join("; ")));
     }
     if let Some(n) = registered
         && n < out.connected
     {
-        r.fail(format!(
-            "hub registered only {n} of {} clients",
-            out.connected
-        ));
+        r.fail(format!("hub registered only {n} of {} clients", out.connected));
     }
     if let Some(d) = describe_closed(&totals.closed) {
         r.fail(d);
@@ -100,11 +84,7 @@ async fn wait_registered(pool: &mut Pool, hub: &Hub, expected: u64) -> Result<Op
     let mut seen = None;
     while start.elapsed() < Duration::from_secs(10) {
         let stats = http::hub_client_count(hub.addr).await;
-        let ready = if hub.kind == HubKind::Wshub {
-            Some(pool.totals().await?.ready)
-        } else {
-            None
-        };
+        let ready = if hub.kind == HubKind::Wshub { Some(pool.totals().await?.ready) } else { None };
         seen = match (stats, ready) {
             (Some(s), Some(r)) => Some(s.max(r)),
             (s, r) => s.or(r.filter(|r| *r > 0)),

@@ -42,18 +42,11 @@ pub struct FanoutPhase<'a> {
 /// A broadcast event body carrying its send time.
 pub fn event_body(epoch_ns: u64, i: usize) -> Bytes {
     let t = unix_nanos().saturating_sub(epoch_ns);
-    Bytes::from(format!(
-        r#"{{"type":"bench","message":"fan-out","data":{{"t":{t},"i":{i}}}}}"#
-    ))
+    Bytes::from(format!(r#"{{"type":"bench","message":"fan-out","data":{{"t":{t},"i":{i}}}}}"#))
 }
 
 /// Runs the phase against the clients already connected to `hub`.
-pub async fn run(
-    pool: &mut Pool,
-    hub: &Hub,
-    epoch_ns: u64,
-    p: &FanoutPhase<'_>,
-) -> Result<PhaseResult> {
+pub async fn run(pool: &mut Pool, hub: &Hub, epoch_ns: u64, p: &FanoutPhase<'_>) -> Result<PhaseResult> {
     let mut r = PhaseResult::new(p.key, p.title, hub.kind.name());
     pool.take_latency().await?; // reset counters
     let clients = pool.totals().await?.open;
@@ -65,17 +58,14 @@ pub async fn run(
     let mut first_error = None;
     for i in 0..p.events {
         if let Pace::Rate(rate) = p.pace {
-            tokio::time::sleep_until(
-                tokio::time::Instant::from_std(a.at) + Duration::from_secs_f64(i as f64 / rate),
-            )
-            .await;
+            tokio::time::sleep_until(tokio::time::Instant::from_std(a.at) + Duration::from_secs_f64(i as f64 / rate))
+                .await;
         }
         match http.post_json("/notify", event_body(epoch_ns, i)).await {
             Ok((200, _)) => {}
             Ok((status, body)) => {
                 errors += 1;
-                first_error
-                    .get_or_insert(format!("HTTP {status}: {}", String::from_utf8_lossy(&body)));
+                first_error.get_or_insert(format!("HTTP {status}: {}", String::from_utf8_lossy(&body)));
             }
             Err(e) => {
                 errors += 1;
@@ -97,42 +87,23 @@ pub async fn run(
     m.push("events", p.events as f64, "");
     match p.pace {
         Pace::Rate(rate) => m.push("offered_events_per_s", rate, "/s"),
-        Pace::Burst => m.push(
-            "publish_events_per_s",
-            p.events as f64 / send_s.max(1e-9),
-            "/s",
-        ),
+        Pace::Burst => m.push("publish_events_per_s", p.events as f64 / send_s.max(1e-9), "/s"),
     }
-    m.push(
-        "offered_deliveries_per_s",
-        expected as f64 / send_s.max(1e-9),
-        "/s",
-    );
+    m.push("offered_deliveries_per_s", expected as f64 / send_s.max(1e-9), "/s");
     m.push("expected", expected as f64, "");
     m.push("received", received as f64, "");
     m.push("lost", expected.saturating_sub(received) as f64, "");
     m.push("publish_errors", errors as f64, "");
     m.push("send_s", send_s, "s");
     m.push("deliver_s", deliver_s, "s");
-    m.push(
-        "deliveries_per_s",
-        received as f64 / deliver_s.max(1e-9),
-        "/s",
-    );
+    m.push("deliveries_per_s", received as f64 / deliver_s.max(1e-9), "/s");
     latency_figures(m, &hist, "latency");
     if received > 0 {
-        m.push(
-            "event_bytes",
-            totals2.event_bytes.max(totals.event_bytes) as f64 / received as f64,
-            "B",
-        );
+        m.push("event_bytes", totals2.event_bytes.max(totals.event_bytes) as f64 / received as f64, "B");
     }
     cpu_figures(&mut r, a, b, received, "delivery", p.gen_cores);
     if received < expected {
-        r.fail(format!(
-            "{} of {expected} deliveries lost",
-            expected - received
-        ));
+        r.fail(format!("{} of {expected} deliveries lost", expected - received));
     }
     if let Some(e) = first_error {
         r.fail(format!("{errors} publish errors, first: {e}"));

@@ -28,11 +28,7 @@ pub struct SparseHistogram {
 
 impl Default for Histogram {
     fn default() -> Self {
-        Self {
-            counts: vec![0; BUCKETS],
-            total: 0,
-            max: 0,
-        }
+        Self { counts: vec![0; BUCKETS], total: 0, max: 0 }
     }
 }
 
@@ -100,17 +96,8 @@ impl Histogram {
 
     /// The sparse wire form.
     pub fn to_sparse(&self) -> SparseHistogram {
-        let buckets = self
-            .counts
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| **c > 0)
-            .map(|(i, c)| (i as u32, *c))
-            .collect();
-        SparseHistogram {
-            buckets,
-            max: self.max,
-        }
+        let buckets = self.counts.iter().enumerate().filter(|(_, c)| **c > 0).map(|(i, c)| (i as u32, *c)).collect();
+        SparseHistogram { buckets, max: self.max }
     }
 }
 

@@ -84,8 +84,7 @@ impl Hub {
         if let Some(dir) = spec.log.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let log = std::fs::File::create(&spec.log)
-            .with_context(|| format!("creating {}", spec.log.display()))?;
+        let log = std::fs::File::create(&spec.log).with_context(|| format!("creating {}", spec.log.display()))?;
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("dup log")?)
@@ -93,38 +92,21 @@ impl Hub {
             .spawn()
             .with_context(|| format!("starting {}", spec.bin.display()))?;
         let pid = child.id();
-        let mut hub = Hub {
-            kind: spec.kind,
-            addr,
-            pid,
-            child: Some(child),
-        };
+        let mut hub = Hub { kind: spec.kind, addr, pid, child: Some(child) };
         hub.wait_listening(Duration::from_secs(20))
-            .with_context(|| {
-                format!(
-                    "{} did not start (log: {})",
-                    spec.bin.display(),
-                    spec.log.display()
-                )
-            })?;
+            .with_context(|| format!("{} did not start (log: {})", spec.bin.display(), spec.log.display()))?;
         Ok(hub)
     }
 
     /// A hub started by someone else.
     pub fn external(kind: HubKind, addr: SocketAddr, pid: u32) -> Self {
-        Hub {
-            kind,
-            addr,
-            pid,
-            child: None,
-        }
+        Hub { kind, addr, pid, child: None }
     }
 
     fn wait_listening(&mut self, limit: Duration) -> Result<()> {
         let start = Instant::now();
         loop {
-            if std::net::TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok()
-            {
+            if std::net::TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
                 return Ok(());
             }
             if let Some(child) = self.child.as_mut()

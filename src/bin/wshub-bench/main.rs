@@ -37,11 +37,7 @@ use crate::hubproc::{HubKind, HubSpec};
 use crate::suite::{Config, Target};
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "wshub-bench",
-    version,
-    about = "Benchmark wshub (and the reference Go hub) over loopback"
-)]
+#[command(name = "wshub-bench", version, about = "Benchmark wshub (and the reference Go hub) over loopback")]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
@@ -180,22 +176,11 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.sub {
         Some(Sub::Worker { epoch_ns }) => worker::main(epoch_ns),
-        Some(Sub::ProbeServer {
-            conns,
-            rounds,
-            interval_ms,
-            payload_bytes,
-        }) => probe::serve(
-            conns,
-            rounds,
-            Duration::from_millis(interval_ms),
-            payload_bytes,
-        ),
+        Some(Sub::ProbeServer { conns, rounds, interval_ms, payload_bytes }) => {
+            probe::serve(conns, rounds, Duration::from_millis(interval_ms), payload_bytes)
+        }
         None => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("building runtime")?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("building runtime")?;
             rt.block_on(run(cli.run))
         }
     }
@@ -205,17 +190,9 @@ fn parse_paced(s: &str) -> Result<Vec<(f64, usize)>> {
     s.split(',')
         .filter(|p| !p.trim().is_empty())
         .map(|p| {
-            let (rate, events) = p
-                .split_once(':')
-                .with_context(|| format!("--paced item {p:?} is not RATE:EVENTS"))?;
-            let rate: f64 = rate
-                .trim()
-                .parse()
-                .with_context(|| format!("bad rate in {p:?}"))?;
-            let events: usize = events
-                .trim()
-                .parse()
-                .with_context(|| format!("bad event count in {p:?}"))?;
+            let (rate, events) = p.split_once(':').with_context(|| format!("--paced item {p:?} is not RATE:EVENTS"))?;
+            let rate: f64 = rate.trim().parse().with_context(|| format!("bad rate in {p:?}"))?;
+            let events: usize = events.trim().parse().with_context(|| format!("bad event count in {p:?}"))?;
             if rate <= 0.0 {
                 bail!("rate must be positive in {p:?}");
             }
@@ -232,10 +209,7 @@ fn environment(a: &RunArgs, nofile: u64, pinned: bool) -> serde_json::Value {
     let cpuinfo = file_text("/proc/cpuinfo");
     let model = cpuinfo
         .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
-        })
+        .find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_string()))
         .unwrap_or_default();
     serde_json::json!({
         "command": std::env::args().collect::<Vec<_>>().join(" "),
@@ -256,24 +230,13 @@ async fn run(a: RunArgs) -> Result<()> {
     if pinned {
         proc_stats::pin_to_core(a.gen_core)?;
     } else if !a.no_pin {
-        eprintln!(
-            "wshub-bench: not pinning (cores {} and {} not both available)",
-            a.hub_core, a.gen_core
-        );
+        eprintln!("wshub-bench: not pinning (cores {} and {} not both available)", a.hub_core, a.gen_core);
     }
     let epoch_ns = proc_stats::unix_nanos();
 
     let mut kinds: Vec<HubKind> = Vec::new();
-    let names = if a.compare {
-        vec!["wshub".to_string(), "go".to_string()]
-    } else {
-        a.targets.clone()
-    };
-    for n in if names.is_empty() {
-        vec!["wshub".to_string()]
-    } else {
-        names
-    } {
+    let names = if a.compare { vec!["wshub".to_string(), "go".to_string()] } else { a.targets.clone() };
+    for n in if names.is_empty() { vec!["wshub".to_string()] } else { names } {
         let kind = match n.trim() {
             "wshub" => HubKind::Wshub,
             "go" => HubKind::Go,
@@ -286,16 +249,8 @@ async fn run(a: RunArgs) -> Result<()> {
     let log = a.log_dir.join("hub.log");
     let targets: Vec<Target> = match (a.hub_addr, a.hub_pid) {
         (Some(addr), Some(pid)) => {
-            let kind = if a.hub_kind == "go" {
-                HubKind::Go
-            } else {
-                HubKind::Wshub
-            };
-            vec![Target {
-                kind,
-                spawn: None,
-                external: Some((addr, pid)),
-            }]
+            let kind = if a.hub_kind == "go" { HubKind::Go } else { HubKind::Wshub };
+            vec![Target { kind, spawn: None, external: Some((addr, pid)) }]
         }
         _ => kinds
             .into_iter()
@@ -304,18 +259,8 @@ async fn run(a: RunArgs) -> Result<()> {
                     HubKind::Wshub => (a.hub_bin.clone(), a.hub_arg.clone()),
                     HubKind::Go => (a.go_hub_bin.clone(), Vec::new()),
                 };
-                let spec = HubSpec {
-                    kind,
-                    bin,
-                    args,
-                    core: pinned.then_some(a.hub_core),
-                    log: log.clone(),
-                };
-                Target {
-                    kind,
-                    spawn: Some(spec),
-                    external: None,
-                }
+                let spec = HubSpec { kind, bin, args, core: pinned.then_some(a.hub_core), log: log.clone() };
+                Target { kind, spawn: Some(spec), external: None }
             })
             .collect(),
     };
@@ -324,19 +269,9 @@ async fn run(a: RunArgs) -> Result<()> {
     let clients = a.clients.unwrap_or(if q { 1000 } else { 10_000 });
     let fd_room = (nofile as usize).saturating_sub(100);
     let max_clients = a.max_clients.unwrap_or(if q { 0 } else { fd_room });
-    let paced =
-        parse_paced(
-            a.paced
-                .as_deref()
-                .unwrap_or(if q { "2:6,20:40" } else { "2:30,20:100" }),
-        )?;
-    let per_worker = a
-        .clients_per_worker
-        .min((nofile as usize).saturating_sub(200))
-        .max(1);
-    let src_ips = (0..a.source_ips.clamp(1, 250))
-        .map(|i| Ipv4Addr::new(127, 0, 0, 2 + i))
-        .collect();
+    let paced = parse_paced(a.paced.as_deref().unwrap_or(if q { "2:6,20:40" } else { "2:30,20:100" }))?;
+    let per_worker = a.clients_per_worker.min((nofile as usize).saturating_sub(200)).max(1);
+    let src_ips = (0..a.source_ips.clamp(1, 250)).map(|i| Ipv4Addr::new(127, 0, 0, 2 + i)).collect();
     let cfg = Config {
         targets,
         clients,
@@ -371,10 +306,7 @@ async fn run(a: RunArgs) -> Result<()> {
     if let Some(path) = &a.md {
         write_file(path, &md)?;
     }
-    eprintln!(
-        "wshub-bench: done in {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
+    eprintln!("wshub-bench: done in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 

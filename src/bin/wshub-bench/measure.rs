@@ -17,6 +17,8 @@ pub struct CpuMark {
     pub hub: f64,
     /// Generator CPU seconds so far (this process plus its workers).
     pub gen_cpu: f64,
+    /// Busy CPU seconds of the whole machine so far.
+    pub machine: f64,
     /// When the mark was taken.
     pub at: Instant,
 }
@@ -28,6 +30,7 @@ impl CpuMark {
         Ok(Self {
             hub: proc_stats::cpu_seconds(hub.pid)?,
             gen_cpu: proc_stats::self_cpu_seconds() + workers,
+            machine: proc_stats::machine_busy_seconds(),
             at: Instant::now(),
         })
     }
@@ -35,31 +38,26 @@ impl CpuMark {
 
 /// Adds hub and generator CPU figures between two marks; flags a saturated generator.
 /// `work` is the number of deliveries (or requests) the CPU is divided by.
-pub fn cpu_figures(
-    r: &mut PhaseResult,
-    a: CpuMark,
-    b: CpuMark,
-    work: u64,
-    per: &str,
-    gen_cores: usize,
-) {
+pub fn cpu_figures(r: &mut PhaseResult, a: CpuMark, b: CpuMark, work: u64, per: &str, gen_cores: usize) {
     let wall = b.at.duration_since(a.at).as_secs_f64().max(1e-9);
     let hub = (b.hub - a.hub).max(0.0);
     let gen_cpu = (b.gen_cpu - a.gen_cpu).max(0.0);
     let util = gen_cpu / wall / gen_cores.max(1) as f64;
     r.metrics.push("hub_cpu_s", hub, "s");
     if work > 0 {
-        r.metrics.push(
-            &format!("hub_cpu_us_per_{per}"),
-            hub * 1e6 / work as f64,
-            "µs",
-        );
+        r.metrics.push(&format!("hub_cpu_us_per_{per}"), hub * 1e6 / work as f64, "µs");
     }
-    r.metrics
-        .push("hub_cpu_util", 100.0 * hub / wall, "% of 1 core");
+    r.metrics.push("hub_cpu_util", 100.0 * hub / wall, "% of 1 core");
     r.metrics.push("gen_cpu_s", gen_cpu, "s");
-    r.metrics
-        .push("gen_cpu_util", 100.0 * util, "% of its cores");
+    r.metrics.push("gen_cpu_util", 100.0 * util, "% of its cores");
+    let foreign = ((b.machine - a.machine) - hub - gen_cpu).max(0.0) / wall;
+    r.metrics.push("other_cpu_util", 100.0 * foreign, "% of 1 core");
+    if foreign > 0.25 {
+        r.notes.push(format!(
+            "other processes (or the kernel) used {:.0}% of a core during this phase: the machine was not quiet",
+            100.0 * foreign
+        ));
+    }
     if util > 0.85 {
         r.generator_saturated = true;
         r.notes.push(format!(
@@ -72,23 +70,14 @@ pub fn cpu_figures(
 /// Latency percentiles in milliseconds (the histogram records microseconds).
 pub fn latency_figures(m: &mut Metrics, h: &Histogram, prefix: &str) {
     for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
-        m.push(
-            &format!("{prefix}_{name}_ms"),
-            h.quantile(q) as f64 / 1000.0,
-            "ms",
-        );
+        m.push(&format!("{prefix}_{name}_ms"), h.quantile(q) as f64 / 1000.0, "ms");
     }
     m.push(&format!("{prefix}_max_ms"), h.max() as f64 / 1000.0, "ms");
 }
 
 /// Polls the workers until `expected` timed events arrived, nothing arrived for `stall`, or
 /// `limit` passed.
-pub async fn await_deliveries(
-    pool: &mut Pool,
-    expected: u64,
-    stall: Duration,
-    limit: Duration,
-) -> Result<Totals> {
+pub async fn await_deliveries(pool: &mut Pool, expected: u64, stall: Duration, limit: Duration) -> Result<Totals> {
     let start = Instant::now();
     let mut last = pool.totals().await?;
     let mut last_progress = Instant::now();
@@ -105,15 +94,8 @@ pub async fn await_deliveries(
 
 /// Describes connections that ended during a phase (close code → count).
 pub fn describe_closed(closed: &[(u16, u64)]) -> Option<String> {
-    let gone: Vec<String> = closed
-        .iter()
-        .map(|(c, n)| format!("{n} closed with code {c}"))
-        .collect();
-    if gone.is_empty() {
-        None
-    } else {
-        Some(format!("clients lost: {}", gone.join(", ")))
-    }
+    let gone: Vec<String> = closed.iter().map(|(c, n)| format!("{n} closed with code {c}")).collect();
+    if gone.is_empty() { None } else { Some(format!("clients lost: {}", gone.join(", "))) }
 }
 
 /// Polls the workers until their probe sockets read `expected` bytes or `limit` passes.

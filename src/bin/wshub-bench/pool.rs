@@ -23,17 +23,9 @@ impl Worker {
     async fn call(&mut self, cmd: &Command) -> Result<Reply> {
         let mut line = serde_json::to_vec(cmd).context("encoding command")?;
         line.push(b'\n');
-        self.stdin
-            .write_all(&line)
-            .await
-            .context("writing to worker")?;
+        self.stdin.write_all(&line).await.context("writing to worker")?;
         self.stdin.flush().await.context("flushing to worker")?;
-        let reply = self
-            .lines
-            .next_line()
-            .await
-            .context("reading from worker")?
-            .context("worker exited")?;
+        let reply = self.lines.next_line().await.context("reading from worker")?.context("worker exited")?;
         let reply: Reply = serde_json::from_str(&reply).context("decoding worker reply")?;
         if let Some(e) = &reply.error {
             bail!("worker: {e}");
@@ -119,12 +111,7 @@ pub struct Pool {
 
 impl Pool {
     /// Spawns `n` workers that each hold at most `per_worker` sockets.
-    pub async fn spawn(
-        n: usize,
-        per_worker: usize,
-        epoch_ns: u64,
-        src_ips: Vec<Ipv4Addr>,
-    ) -> Result<Self> {
+    pub async fn spawn(n: usize, per_worker: usize, epoch_ns: u64, src_ips: Vec<Ipv4Addr>) -> Result<Self> {
         let exe = std::env::current_exe().context("locating own executable")?;
         let mut workers = Vec::with_capacity(n);
         for _ in 0..n {
@@ -140,19 +127,9 @@ impl Pool {
                 .context("spawning worker")?;
             let stdin = child.stdin.take().context("worker stdin")?;
             let stdout = child.stdout.take().context("worker stdout")?;
-            workers.push(Worker {
-                child,
-                stdin,
-                lines: BufReader::new(stdout).lines(),
-                load: 0,
-            });
+            workers.push(Worker { child, stdin, lines: BufReader::new(stdout).lines(), load: 0 });
         }
-        Ok(Self {
-            workers,
-            per_worker,
-            src_ips,
-            conn_counter: 0,
-        })
+        Ok(Self { workers, per_worker, src_ips, conn_counter: 0 })
     }
 
     /// Number of worker processes.
@@ -167,16 +144,9 @@ impl Pool {
 
     /// Splits `count` sockets over the workers with free capacity; returns (worker index, share).
     fn plan(&self, count: usize) -> Result<Vec<(usize, usize)>> {
-        let free: Vec<usize> = self
-            .workers
-            .iter()
-            .map(|w| self.per_worker.saturating_sub(w.load))
-            .collect();
+        let free: Vec<usize> = self.workers.iter().map(|w| self.per_worker.saturating_sub(w.load)).collect();
         if free.iter().sum::<usize>() < count {
-            bail!(
-                "{count} sockets exceed the workers' free capacity ({})",
-                free.iter().sum::<usize>()
-            );
+            bail!("{count} sockets exceed the workers' free capacity ({})", free.iter().sum::<usize>());
         }
         // Spread evenly: each worker gets its share of what is left, capped by its free room.
         let mut plan = Vec::new();
@@ -202,20 +172,12 @@ impl Pool {
                 futs.push(async move { w.call(&cmd).await.map(|r| (i, r)) });
             }
         }
-        futures_util::future::join_all(futs)
-            .await
-            .into_iter()
-            .collect()
+        futures_util::future::join_all(futs).await.into_iter().collect()
     }
 
     async fn call_all(&mut self, cmd: Command) -> Result<Vec<Reply>> {
         let cmds = (0..self.workers.len()).map(|i| (i, cmd.clone())).collect();
-        Ok(self
-            .call_each(cmds)
-            .await?
-            .into_iter()
-            .map(|(_, r)| r)
-            .collect())
+        Ok(self.call_each(cmds).await?.into_iter().map(|(_, r)| r).collect())
     }
 
     /// Opens WebSocket clients across the workers, concurrently in every worker.
@@ -258,11 +220,7 @@ impl Pool {
     }
 
     /// Opens plain TCP sockets to the probe server across the workers.
-    pub async fn probe_connect(
-        &mut self,
-        addr: SocketAddr,
-        count: usize,
-    ) -> Result<ConnectOutcome> {
+    pub async fn probe_connect(&mut self, addr: SocketAddr, count: usize) -> Result<ConnectOutcome> {
         let mut plan = self.plan(count)?;
         plan.sort_by_key(|(i, _)| *i);
         let mut cmds = Vec::new();

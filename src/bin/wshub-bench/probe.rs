@@ -49,10 +49,7 @@ pub fn serve(conns: usize, rounds: usize, interval: Duration, payload_bytes: usi
     writeln!(out, "ready")?;
     out.flush()?;
     let mut line = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .context("waiting for go")?;
+    std::io::stdin().lock().read_line(&mut line).context("waiting for go")?;
     let frame = server_text_frame(&vec![b'x'; payload_bytes]);
     let (mut sends, mut write_errors) = (0u64, 0u64);
     let cpu0 = proc_stats::self_cpu_seconds();
@@ -96,11 +93,7 @@ pub struct ProbePhase {
 
 /// Runs the probe server and the readers; returns the `kernel` result.
 pub async fn run(pool: &mut Pool, p: &ProbePhase) -> Result<PhaseResult> {
-    let mut r = PhaseResult::new(
-        "probe",
-        "Kernel floor: one loopback send per delivery (probe)",
-        "kernel",
-    );
+    let mut r = PhaseResult::new("probe", "Kernel floor: one loopback send per delivery (probe)", "kernel");
     let exe = std::env::current_exe().context("locating own executable")?;
     let mut cmd = match p.core {
         Some(core) => {
@@ -112,12 +105,7 @@ pub async fn run(pool: &mut Pool, p: &ProbePhase) -> Result<PhaseResult> {
     };
     let mut child = cmd
         .arg("probe-server")
-        .args([
-            "--conns",
-            &p.conns.to_string(),
-            "--rounds",
-            &p.rounds.to_string(),
-        ])
+        .args(["--conns", &p.conns.to_string(), "--rounds", &p.rounds.to_string()])
         .args(["--interval-ms", &p.interval.as_millis().to_string()])
         .args(["--payload-bytes", &p.payload_bytes.to_string()])
         .stdin(Stdio::piped())
@@ -128,19 +116,10 @@ pub async fn run(pool: &mut Pool, p: &ProbePhase) -> Result<PhaseResult> {
     let mut stdin = child.stdin.take().context("probe stdin")?;
     let mut lines = BufReader::new(child.stdout.take().context("probe stdout")?).lines();
     let first = lines.next_line().await?.context("probe exited")?;
-    let port: u16 = first
-        .strip_prefix("port ")
-        .context("probe did not print its port")?
-        .parse()?;
-    let out = pool
-        .probe_connect(([127, 0, 0, 1], port).into(), p.conns)
-        .await?;
+    let port: u16 = first.strip_prefix("port ").context("probe did not print its port")?.parse()?;
+    let out = pool.probe_connect(([127, 0, 0, 1], port).into(), p.conns).await?;
     if out.failed > 0 {
-        bail!(
-            "probe: {} sockets failed: {}",
-            out.failed,
-            out.failures.join("; ")
-        );
+        bail!("probe: {} sockets failed: {}", out.failed, out.failures.join("; "));
     }
     let ready = lines.next_line().await?.context("probe exited")?;
     if ready != "ready" {
@@ -163,16 +142,8 @@ pub async fn run(pool: &mut Pool, p: &ProbePhase) -> Result<PhaseResult> {
     m.push("frame_bytes", frame_len as f64, "B");
     m.push("sends", o.sends as f64, "");
     m.push("cpu_s", o.cpu_s, "s");
-    m.push(
-        "cpu_us_per_send",
-        o.cpu_s * 1e6 / o.sends.max(1) as f64,
-        "µs",
-    );
-    m.push(
-        "sends_per_s_of_cpu",
-        o.sends as f64 / o.cpu_s.max(1e-9),
-        "/s",
-    );
+    m.push("cpu_us_per_send", o.cpu_s * 1e6 / o.sends.max(1) as f64, "µs");
+    m.push("sends_per_s_of_cpu", o.sends as f64 / o.cpu_s.max(1e-9), "/s");
     if o.write_errors > 0 {
         r.fail(format!("{} writes failed or were short", o.write_errors));
     }

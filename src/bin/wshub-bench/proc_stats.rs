@@ -27,10 +27,7 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
     let path = format!("/proc/{pid}/stat");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     // The command name (field 2) may contain spaces: the fields after it follow the last ')'.
-    let after = text
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .with_context(|| format!("malformed {path}"))?;
+    let after = text.rsplit_once(')').map(|(_, rest)| rest).with_context(|| format!("malformed {path}"))?;
     let fields: Vec<&str> = after.split_whitespace().collect();
     // `after` starts at field 3 (state); utime is field 14 and stime field 15.
     let utime: u64 = fields.get(11).context("no utime")?.parse()?;
@@ -58,10 +55,7 @@ pub fn self_cpu_seconds() -> f64 {
 
 /// Raises this process's soft `RLIMIT_NOFILE` to its hard limit; returns the new soft limit.
 pub fn raise_nofile_limit() -> Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         bail!("getrlimit: {}", std::io::Error::last_os_error());
@@ -82,10 +76,7 @@ pub fn pin_to_core(core: usize) -> Result<()> {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(core, &mut set);
         if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            bail!(
-                "sched_setaffinity(core {core}): {}",
-                std::io::Error::last_os_error()
-            );
+            bail!("sched_setaffinity(core {core}): {}", std::io::Error::last_os_error());
         }
     }
     Ok(())
@@ -101,8 +92,18 @@ pub fn online_cpus() -> usize {
 
 /// Nanoseconds since the UNIX epoch on `CLOCK_REALTIME`: the clock shared by every bench process.
 pub fn unix_nanos() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+/// Busy CPU seconds of the whole machine so far (all CPUs, everything but idle and iowait,
+/// from the `cpu` line of `/proc/stat`).
+pub fn machine_busy_seconds() -> f64 {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    let f: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest fields are already in user/nice)
+    let busy: u64 = f.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum();
+    busy as f64 / clock_ticks_per_second()
 }

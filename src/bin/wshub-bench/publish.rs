@@ -47,23 +47,20 @@ pub async fn run(hub: &Hub, p: &PublishPhase<'_>) -> Result<PhaseResult> {
     let payload = body(p.batch);
     let hub_a = proc_stats::cpu_seconds(hub.pid)?;
     let gen_a = proc_stats::self_cpu_seconds();
+    let machine_a = proc_stats::machine_busy_seconds();
     let start = Instant::now();
     let deadline = start + p.duration;
     let tasks = conns.into_iter().map(|mut http| {
         let payload = payload.clone();
         async move {
-            let (mut ok, mut errors, mut first_error, mut hist) =
-                (0u64, 0u64, None, Histogram::default());
+            let (mut ok, mut errors, mut first_error, mut hist) = (0u64, 0u64, None, Histogram::default());
             while Instant::now() < deadline {
                 let t0 = Instant::now();
                 match http.post_json("/notify", payload.clone()).await {
                     Ok((200, _)) => ok += 1,
                     Ok((status, body)) => {
                         errors += 1;
-                        first_error.get_or_insert(format!(
-                            "HTTP {status}: {}",
-                            String::from_utf8_lossy(&body)
-                        ));
+                        first_error.get_or_insert(format!("HTTP {status}: {}", String::from_utf8_lossy(&body)));
                     }
                     Err(e) => {
                         errors += 1;
@@ -80,6 +77,7 @@ pub async fn run(hub: &Hub, p: &PublishPhase<'_>) -> Result<PhaseResult> {
     let wall = start.elapsed().as_secs_f64();
     let hub_cpu = proc_stats::cpu_seconds(hub.pid)? - hub_a;
     let gen_cpu = proc_stats::self_cpu_seconds() - gen_a;
+    let foreign = ((proc_stats::machine_busy_seconds() - machine_a) - hub_cpu - gen_cpu).max(0.0) / wall;
     let (mut ok, mut errors, mut first_error, mut hist) = (0u64, 0u64, None, Histogram::default());
     for (o, e, f, h) in results {
         ok += o;
@@ -100,20 +98,21 @@ pub async fn run(hub: &Hub, p: &PublishPhase<'_>) -> Result<PhaseResult> {
     m.push("request_p50_ms", hist.quantile(0.5) as f64 / 1000.0, "ms");
     m.push("request_p99_ms", hist.quantile(0.99) as f64 / 1000.0, "ms");
     m.push("hub_cpu_s", hub_cpu, "s");
-    m.push(
-        "hub_cpu_us_per_event",
-        hub_cpu * 1e6 / events.max(1) as f64,
-        "µs",
-    );
+    m.push("hub_cpu_us_per_event", hub_cpu * 1e6 / events.max(1) as f64, "µs");
     m.push("hub_cpu_util", 100.0 * hub_cpu / wall, "% of 1 core");
     let util = gen_cpu / wall / p.gen_cores.max(1) as f64;
     m.push("gen_cpu_util", 100.0 * util, "% of its cores");
+    m.push("other_cpu_util", 100.0 * foreign, "% of 1 core");
+    if foreign > 0.25 {
+        r.notes.push(format!(
+            "other processes (or the kernel) used {:.0}% of a core during this phase: the machine was not quiet",
+            100.0 * foreign
+        ));
+    }
     if util > 0.85 {
         r.generator_saturated = true;
-        r.notes.push(format!(
-            "load generator used {:.0}% of its core(s): requests/s bound the generator",
-            100.0 * util
-        ));
+        r.notes
+            .push(format!("load generator used {:.0}% of its core(s): requests/s bound the generator", 100.0 * util));
     }
     if let Some(e) = first_error {
         r.fail(format!("{errors} errors, first: {e}"));

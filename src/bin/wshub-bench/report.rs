@@ -35,11 +35,7 @@ pub struct Metrics(pub Vec<Metric>);
 impl Metrics {
     /// Appends a metric.
     pub fn push(&mut self, name: &str, value: f64, unit: &'static str) {
-        self.0.push(Metric {
-            name: name.to_string(),
-            value,
-            unit,
-        });
+        self.0.push(Metric { name: name.to_string(), value, unit });
     }
 
     /// Value of metric `name`.
@@ -148,10 +144,7 @@ pub fn fmt_num(v: f64) -> String {
     if a >= 1000.0 || (v.fract() == 0.0 && a < 1e15) {
         let s = format!("{:.0}", v);
         // thousands separators for readability
-        let (sign, digits) = s
-            .strip_prefix('-')
-            .map(|d| ("-", d))
-            .unwrap_or(("", s.as_str()));
+        let (sign, digits) = s.strip_prefix('-').map(|d| ("-", d)).unwrap_or(("", s.as_str()));
         let mut out = String::new();
         for (i, c) in digits.chars().enumerate() {
             if i > 0 && (digits.len() - i) % 3 == 0 {
@@ -196,10 +189,7 @@ impl Report {
             let _ = writeln!(out, "|---|---:|---:|---:|---|---|");
             let opt = |v: Option<f64>| v.map(fmt_num).unwrap_or_else(|| "n/a".into());
             for r in &self.summary {
-                let ratio = r
-                    .ratio
-                    .map(|x| format!("{x:.2}"))
-                    .unwrap_or_else(|| "n/a".into());
+                let ratio = r.ratio.map(|x| format!("{x:.2}")).unwrap_or_else(|| "n/a".into());
                 let _ = writeln!(
                     out,
                     "| {} | {} | {} | {} | {} | {} |",
@@ -223,11 +213,7 @@ impl Report {
             let rows: Vec<&PhaseResult> = self.results.iter().filter(|r| r.key == key).collect();
             let _ = writeln!(out, "## {}\n", rows[0].title);
             for r in &rows {
-                let sat = if r.generator_saturated {
-                    " — **load generator saturated**"
-                } else {
-                    ""
-                };
+                let sat = if r.generator_saturated { " — **load generator saturated**" } else { "" };
                 let status = match r.status {
                     Status::Ok => "ok",
                     Status::Failed => "**FAILED**",
@@ -251,8 +237,7 @@ impl Report {
                     }
                 }
             }
-            let has_ratio =
-                ran.iter().any(|r| r.target == "wshub") && ran.iter().any(|r| r.target == "go");
+            let has_ratio = ran.iter().any(|r| r.target == "wshub") && ran.iter().any(|r| r.target == "go");
             let mut header = String::from("| metric | unit |");
             let mut rule = String::from("|---|---|");
             for r in &ran {
@@ -267,11 +252,7 @@ impl Report {
             for (name, unit) in names {
                 let mut line = format!("| {name} | {unit} |");
                 for r in &ran {
-                    let v = r
-                        .metrics
-                        .get(name)
-                        .map(fmt_num)
-                        .unwrap_or_else(|| "-".into());
+                    let v = r.metrics.get(name).map(fmt_num).unwrap_or_else(|| "-".into());
                     let _ = write!(line, " {v} |");
                 }
                 if has_ratio {

@@ -32,14 +32,9 @@ impl Target {
         if let Some((addr, pid)) = self.external {
             return Ok(Hub::external(self.kind, addr, pid));
         }
-        let mut spec = self
-            .spawn
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("no way to start hub"))?;
+        let mut spec = self.spawn.clone().ok_or_else(|| anyhow::anyhow!("no way to start hub"))?;
         spec.args.extend(extra.iter().cloned());
-        let log = spec
-            .log
-            .with_file_name(format!("{}-{scenario}.log", self.kind.name()));
+        let log = spec.log.with_file_name(format!("{}-{scenario}.log", self.kind.name()));
         spec.log = log;
         Hub::spawn(&spec)
     }
@@ -103,22 +98,11 @@ impl Config {
 /// Runs every selected scenario and builds the report.
 pub async fn run(cfg: &Config, environment: serde_json::Value) -> Result<Report> {
     let max = if cfg.wants("max") { cfg.max_clients } else { 0 };
-    let targeted = if cfg.wants("targeted") {
-        cfg.targeted_users
-    } else {
-        0
-    };
-    let need = [cfg.clients, max, targeted]
-        .into_iter()
-        .max()
-        .unwrap_or(0)
-        .max(1);
+    let targeted = if cfg.wants("targeted") { cfg.targeted_users } else { 0 };
+    let need = [cfg.clients, max, targeted].into_iter().max().unwrap_or(0).max(1);
     let workers = need.div_ceil(cfg.per_worker.max(1));
     let mut pool = Pool::spawn(workers, cfg.per_worker, cfg.epoch_ns, cfg.src_ips.clone()).await?;
-    eprintln!(
-        "wshub-bench: {workers} worker process(es), up to {} sockets",
-        pool.capacity()
-    );
+    eprintln!("wshub-bench: {workers} worker process(es), up to {} sockets", pool.capacity());
     let mut results = Vec::new();
 
     if cfg.wants("fanout") || cfg.wants("connect") {
@@ -133,18 +117,8 @@ pub async fn run(cfg: &Config, environment: serde_json::Value) -> Result<Report>
         for t in &cfg.targets {
             if t.kind == HubKind::Go {
                 let why = "the Go hub has no JWT, user streams or batched /notify";
-                results.push(PhaseResult::not_applicable(
-                    "connect_jwt",
-                    &jwt_connect_title(cfg),
-                    "go",
-                    why,
-                ));
-                results.push(PhaseResult::not_applicable(
-                    "targeted",
-                    &targeted_title(cfg),
-                    "go",
-                    why,
-                ));
+                results.push(PhaseResult::not_applicable("connect_jwt", &jwt_connect_title(cfg), "go", why));
+                results.push(PhaseResult::not_applicable("targeted", &targeted_title(cfg), "go", why));
                 continue;
             }
             eprintln!("wshub-bench: scenario targeted against {}", t.kind.name());
@@ -176,10 +150,7 @@ pub async fn run(cfg: &Config, environment: serde_json::Value) -> Result<Report>
             .chain(results.iter().filter(|r| r.key.starts_with("fanout_paced")))
             .find_map(|r| r.metrics.get("event_bytes"))
             .unwrap_or(200.0);
-        eprintln!(
-            "wshub-bench: kernel-floor probe ({} sockets, {event_bytes:.0}-byte payload)",
-            cfg.clients
-        );
+        eprintln!("wshub-bench: kernel-floor probe ({} sockets, {event_bytes:.0}-byte payload)", cfg.clients);
         let phase = ProbePhase {
             conns: cfg.clients,
             rounds: cfg.probe_rounds,
@@ -191,11 +162,7 @@ pub async fn run(cfg: &Config, environment: serde_json::Value) -> Result<Report>
             Ok(r) => results.push(r),
             Err(e) => {
                 let _ = pool.close_all().await;
-                let mut r = PhaseResult::new(
-                    "probe",
-                    "Kernel floor: one loopback send per delivery (probe)",
-                    "kernel",
-                );
+                let mut r = PhaseResult::new("probe", "Kernel floor: one loopback send per delivery (probe)", "kernel");
                 r.fail(format!("probe failed: {e:#}"));
                 results.push(r);
             }
@@ -216,30 +183,17 @@ pub async fn run(cfg: &Config, environment: serde_json::Value) -> Result<Report>
         }
     }
     pool.shutdown().await?;
-    let mut report = Report {
-        environment,
-        results,
-        summary: Vec::new(),
-    };
+    let mut report = Report { environment, results, summary: Vec::new() };
     report.summary = summary(&report, cfg);
     Ok(report)
 }
 
 /// Prints a scenario's outcome; on error records a failed result and resets the clients.
-async fn settle(
-    pool: &mut Pool,
-    scenario: &str,
-    kind: HubKind,
-    outcome: Result<Vec<PhaseResult>>,
-) -> Vec<PhaseResult> {
+async fn settle(pool: &mut Pool, scenario: &str, kind: HubKind, outcome: Result<Vec<PhaseResult>>) -> Vec<PhaseResult> {
     match outcome {
         Ok(rs) => {
             for r in &rs {
-                let note = r
-                    .notes
-                    .first()
-                    .map(|n| format!(" ({n})"))
-                    .unwrap_or_default();
+                let note = r.notes.first().map(|n| format!(" ({n})")).unwrap_or_default();
                 eprintln!("  {} / {}: {:?}{note}", r.key, r.target, r.status);
             }
             rs
@@ -259,10 +213,7 @@ fn jwt_connect_title(cfg: &Config) -> String {
 }
 
 fn targeted_title(cfg: &Config) -> String {
-    format!(
-        "Targeted: {} users, one event each, batches of {}",
-        cfg.targeted_users, cfg.targeted_batch
-    )
+    format!("Targeted: {} users, one event each, batches of {}", cfg.targeted_users, cfg.targeted_batch)
 }
 
 async fn fanout_scenario(pool: &mut Pool, cfg: &Config, t: &Target) -> Result<Vec<PhaseResult>> {
@@ -280,10 +231,7 @@ async fn fanout_scenario(pool: &mut Pool, cfg: &Config, t: &Target) -> Result<Ve
     if cfg.wants("fanout") {
         for &(rate, events) in &cfg.paced {
             let key = format!("fanout_paced_{rate}");
-            let title = format!(
-                "Fan-out paced: {events} events at {rate} ev/s to {} clients",
-                cfg.clients
-            );
+            let title = format!("Fan-out paced: {events} events at {rate} ev/s to {} clients", cfg.clients);
             let p = FanoutPhase {
                 key: &key,
                 title: &title,
@@ -295,10 +243,7 @@ async fn fanout_scenario(pool: &mut Pool, cfg: &Config, t: &Target) -> Result<Ve
             out.push(fanout::run(pool, &hub, cfg.epoch_ns, &p).await?);
         }
         if cfg.burst > 0 {
-            let title = format!(
-                "Fan-out burst: {} events back to back to {} clients",
-                cfg.burst, cfg.clients
-            );
+            let title = format!("Fan-out burst: {} events back to back to {} clients", cfg.burst, cfg.clients);
             let p = FanoutPhase {
                 key: "fanout_burst",
                 title: &title,
@@ -348,10 +293,7 @@ async fn targeted_scenario(pool: &mut Pool, cfg: &Config, t: &Target) -> Result<
 async fn publish_scenario(cfg: &Config, t: &Target) -> Result<Vec<PhaseResult>> {
     let mut hub = t.start("publish", &[])?;
     let mut out = Vec::new();
-    let title = format!(
-        "Publish API: single events over {} keep-alive connections",
-        cfg.publish_conns
-    );
+    let title = format!("Publish API: single events over {} keep-alive connections", cfg.publish_conns);
     let p = PublishPhase {
         key: "publish_single",
         title: &title,
@@ -361,17 +303,10 @@ async fn publish_scenario(cfg: &Config, t: &Target) -> Result<Vec<PhaseResult>> 
         gen_cores: cfg.gen_cores,
     };
     out.push(publish::run(&hub, &p).await?);
-    let title = format!(
-        "Publish API: batches of {} over {} keep-alive connections",
-        cfg.publish_batch, cfg.publish_conns
-    );
+    let title =
+        format!("Publish API: batches of {} over {} keep-alive connections", cfg.publish_batch, cfg.publish_conns);
     if t.kind == HubKind::Go {
-        out.push(PhaseResult::not_applicable(
-            "publish_batch",
-            &title,
-            "go",
-            "the Go hub takes one event per request",
-        ));
+        out.push(PhaseResult::not_applicable("publish_batch", &title, "go", "the Go hub takes one event per request"));
     } else {
         let p = PublishPhase {
             key: "publish_batch",
@@ -399,10 +334,7 @@ async fn max_scenario(pool: &mut Pool, cfg: &Config, t: &Target) -> Result<Vec<P
         jwt: None,
     };
     out.push(connect::run(pool, &hub, &phase).await?);
-    let title = format!(
-        "Max clients: 5 events at 1 ev/s to {} clients",
-        cfg.max_clients
-    );
+    let title = format!("Max clients: 5 events at 1 ev/s to {} clients", cfg.max_clients);
     let p = FanoutPhase {
         key: "fanout_max",
         title: &title,
@@ -428,23 +360,22 @@ fn verdict(ok: Option<bool>) -> String {
 /// The targets, evaluated on this run's figures.
 fn summary(rep: &Report, cfg: &Config) -> Vec<SummaryRow> {
     let mut rows = Vec::new();
-    let mut ratio_row =
-        |figure: String, key: &str, metric: &str, target: &str, ok: &dyn Fn(f64) -> bool| {
-            let w = rep.value(key, "wshub", metric);
-            let g = rep.value(key, "go", metric);
-            let ratio = match (w, g) {
-                (Some(w), Some(g)) if g != 0.0 => Some(w / g),
-                _ => None,
-            };
-            rows.push(SummaryRow {
-                figure,
-                wshub: w,
-                go: g,
-                ratio,
-                target: target.into(),
-                verdict: verdict(ratio.map(ok)),
-            });
+    let mut ratio_row = |figure: String, key: &str, metric: &str, target: &str, ok: &dyn Fn(f64) -> bool| {
+        let w = rep.value(key, "wshub", metric);
+        let g = rep.value(key, "go", metric);
+        let ratio = match (w, g) {
+            (Some(w), Some(g)) if g != 0.0 => Some(w / g),
+            _ => None,
         };
+        rows.push(SummaryRow {
+            figure,
+            wshub: w,
+            go: g,
+            ratio,
+            target: target.into(),
+            verdict: verdict(ratio.map(ok)),
+        });
+    };
     ratio_row(
         format!("RSS per idle connection, {} clients (B)", cfg.clients),
         "connect",
@@ -475,20 +406,8 @@ fn summary(rep: &Report, cfg: &Config) -> Vec<SummaryRow> {
             &|r| r <= 1.0 / 3.0,
         );
     }
-    ratio_row(
-        "Connect rate (/s)".into(),
-        "connect",
-        "connects_per_s",
-        "≥ 1.5x Go",
-        &|r| r >= 1.5,
-    );
-    ratio_row(
-        "/notify requests/s, single".into(),
-        "publish_single",
-        "requests_per_s",
-        "≥ 2x Go",
-        &|r| r >= 2.0,
-    );
+    ratio_row("Connect rate (/s)".into(), "connect", "connects_per_s", "≥ 1.5x Go", &|r| r >= 1.5);
+    ratio_row("/notify requests/s, single".into(), "publish_single", "requests_per_s", "≥ 2x Go", &|r| r >= 2.0);
 
     let floor = rep.value("probe", "kernel", "cpu_us_per_send");
     for &(rate, _) in &cfg.paced {
@@ -518,20 +437,9 @@ fn summary(rep: &Report, cfg: &Config) -> Vec<SummaryRow> {
         });
     }
     let lost = |t: &str| -> Option<f64> {
-        let rs: Vec<&PhaseResult> = rep
-            .results
-            .iter()
-            .filter(|r| r.target == t && r.status != Status::NotApplicable)
-            .collect();
-        if rs.is_empty() {
-            None
-        } else {
-            Some(
-                rs.iter()
-                    .filter_map(|r| r.metrics.get("lost"))
-                    .fold(0.0, |a, b| a + b),
-            )
-        }
+        let rs: Vec<&PhaseResult> =
+            rep.results.iter().filter(|r| r.target == t && r.status != Status::NotApplicable).collect();
+        if rs.is_empty() { None } else { Some(rs.iter().filter_map(|r| r.metrics.get("lost")).fold(0.0, |a, b| a + b)) }
     };
     let (lw, lg) = (lost("wshub"), lost("go"));
     rows.push(SummaryRow {
@@ -553,11 +461,8 @@ fn summary(rep: &Report, cfg: &Config) -> Vec<SummaryRow> {
     });
     let mw = rep.value("connect_max", "wshub", "connected");
     let mg = rep.value("connect_max", "go", "connected");
-    let all_delivered = rep
-        .results
-        .iter()
-        .find(|r| r.key == "fanout_max" && r.target == "wshub")
-        .map(|r| r.status == Status::Ok);
+    let all_delivered =
+        rep.results.iter().find(|r| r.key == "fanout_max" && r.target == "wshub").map(|r| r.status == Status::Ok);
     rows.push(SummaryRow {
         figure: "Max concurrent clients, every broadcast delivered".into(),
         wshub: mw,

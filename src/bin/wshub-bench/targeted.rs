@@ -41,21 +41,14 @@ fn batch_body(epoch_ns: u64, prefix: &str, users: std::ops::Range<usize>) -> Byt
         if k > 0 {
             s.push(',');
         }
-        s.push_str(&format!(
-            r#"{{"type":"bench","user":"{prefix}{u}","data":{{"t":{t},"i":{u}}}}}"#
-        ));
+        s.push_str(&format!(r#"{{"type":"bench","user":"{prefix}{u}","data":{{"t":{t},"i":{u}}}}}"#));
     }
     s.push(']');
     Bytes::from(s)
 }
 
 /// Publishes one event to each user and waits for the deliveries.
-pub async fn run(
-    pool: &mut Pool,
-    hub: &Hub,
-    epoch_ns: u64,
-    p: &TargetedPhase<'_>,
-) -> Result<PhaseResult> {
+pub async fn run(pool: &mut Pool, hub: &Hub, epoch_ns: u64, p: &TargetedPhase<'_>) -> Result<PhaseResult> {
     let mut r = PhaseResult::new(p.key, p.title, hub.kind.name());
     pool.take_latency().await?;
     let expected = p.users as u64;
@@ -63,10 +56,8 @@ pub async fn run(
     for _ in 0..p.conns.max(1) {
         conns.push(HttpConn::connect(hub.addr).await?);
     }
-    let batches: Vec<std::ops::Range<usize>> = (0..p.users)
-        .step_by(p.batch.max(1))
-        .map(|s| s.min(p.users)..(s + p.batch.max(1)).min(p.users))
-        .collect();
+    let batches: Vec<std::ops::Range<usize>> =
+        (0..p.users).step_by(p.batch.max(1)).map(|s| s.min(p.users)..(s + p.batch.max(1)).min(p.users)).collect();
     let a = CpuMark::take(pool, hub).await?;
     let first_send = unix_nanos();
     let n_conns = conns.len();
@@ -75,25 +66,16 @@ pub async fn run(
         async move {
             let mut errors = Vec::new();
             for range in mine {
-                match http
-                    .post_json("/notify", batch_body(epoch_ns, p.user_prefix, range))
-                    .await
-                {
+                match http.post_json("/notify", batch_body(epoch_ns, p.user_prefix, range)).await {
                     Ok((200, _)) => {}
-                    Ok((status, body)) => {
-                        errors.push(format!("HTTP {status}: {}", String::from_utf8_lossy(&body)))
-                    }
+                    Ok((status, body)) => errors.push(format!("HTTP {status}: {}", String::from_utf8_lossy(&body))),
                     Err(e) => errors.push(format!("{e:#}")),
                 }
             }
             errors
         }
     });
-    let errors: Vec<String> = futures_util::future::join_all(tasks)
-        .await
-        .into_iter()
-        .flatten()
-        .collect();
+    let errors: Vec<String> = futures_util::future::join_all(tasks).await.into_iter().flatten().collect();
     let publish_s = (unix_nanos() - first_send) as f64 / 1e9;
     let totals = await_deliveries(pool, expected, Duration::from_secs(10), p.drain).await?;
     let b = CpuMark::take(pool, hub).await?;
@@ -106,27 +88,16 @@ pub async fn run(
     m.push("batch", p.batch as f64, "");
     m.push("http_conns", n_conns as f64, "");
     m.push("publish_s", publish_s, "s");
-    m.push(
-        "publishes_per_s",
-        p.users as f64 / publish_s.max(1e-9),
-        "/s",
-    );
+    m.push("publishes_per_s", p.users as f64 / publish_s.max(1e-9), "/s");
     m.push("expected", expected as f64, "");
     m.push("received", received as f64, "");
     m.push("lost", expected.saturating_sub(received) as f64, "");
     m.push("publish_errors", errors.len() as f64, "");
-    m.push(
-        "deliver_s",
-        last.saturating_sub(first_send) as f64 / 1e9,
-        "s",
-    );
+    m.push("deliver_s", last.saturating_sub(first_send) as f64 / 1e9, "s");
     latency_figures(m, &hist, "latency");
     cpu_figures(&mut r, a, b, received, "delivery", p.gen_cores);
     if received < expected {
-        r.fail(format!(
-            "{} of {expected} deliveries lost",
-            expected - received
-        ));
+        r.fail(format!("{} of {expected} deliveries lost", expected - received));
     }
     if let Some(e) = errors.first() {
         r.fail(format!("{} publish errors, first: {e}", errors.len()));

@@ -33,10 +33,7 @@ type Shared = Rc<RefCell<State>>;
 /// Runs a worker until its stdin closes or it is told to exit.
 pub fn main(epoch_ns: u64) -> Result<()> {
     proc_stats::raise_nofile_limit()?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("building runtime")?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("building runtime")?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, serve(epoch_ns))
 }
@@ -51,23 +48,13 @@ struct Worker {
 async fn serve(epoch_ns: u64) -> Result<()> {
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut stdout = tokio::io::stdout();
-    let mut worker = Worker {
-        state: Rc::new(RefCell::new(State::default())),
-        epoch_ns,
-        clients: Vec::new(),
-        probes: Vec::new(),
-    };
+    let mut worker =
+        Worker { state: Rc::new(RefCell::new(State::default())), epoch_ns, clients: Vec::new(), probes: Vec::new() };
     while let Some(line) = lines.next_line().await.context("reading command")? {
         let (reply, exit) = match serde_json::from_str::<Command>(&line) {
             Ok(Command::Exit) => (worker.close_all().await, true),
             Ok(cmd) => (worker.handle(cmd).await, false),
-            Err(e) => (
-                Reply {
-                    error: Some(format!("bad command: {e}")),
-                    ..Reply::default()
-                },
-                false,
-            ),
+            Err(e) => (Reply { error: Some(format!("bad command: {e}")), ..Reply::default() }, false),
         };
         let mut out = serde_json::to_vec(&reply).context("encoding reply")?;
         out.push(b'\n');
@@ -107,11 +94,7 @@ impl Worker {
         } else {
             None
         };
-        Reply {
-            stats,
-            hist,
-            ..Reply::default()
-        }
+        Reply { stats, hist, ..Reply::default() }
     }
 
     async fn close_all(&mut self) -> Reply {
@@ -143,8 +126,7 @@ impl Worker {
             let addr = spec.addr;
             async move { wsclient::connect_ws(addr, src, &path?, timeout).await }
         });
-        let mut results =
-            futures_util::stream::iter(jobs).buffer_unordered(spec.concurrency.max(1));
+        let mut results = futures_util::stream::iter(jobs).buffer_unordered(spec.concurrency.max(1));
         let (mut connected, mut failed, mut failures) = (0u64, 0u64, Vec::new());
         while let Some(result) = results.next().await {
             match result {
@@ -200,11 +182,7 @@ impl Worker {
 }
 
 fn pick_ip(ips: &[Ipv4Addr], n: u64) -> Option<Ipv4Addr> {
-    if ips.is_empty() {
-        None
-    } else {
-        Some(ips[(n % ips.len() as u64) as usize])
-    }
+    if ips.is_empty() { None } else { Some(ips[(n % ips.len() as u64) as usize]) }
 }
 
 #[derive(Serialize)]
@@ -217,11 +195,7 @@ struct Claims {
 /// An HS256 token for user `{prefix}{first_user + i}`, valid for an hour.
 fn make_token(jwt: &JwtSpec, i: u64) -> Result<String> {
     let now = proc_stats::unix_nanos() / 1_000_000_000;
-    let claims = Claims {
-        sub: format!("{}{}", jwt.user_prefix, jwt.first_user + i),
-        iat: now,
-        exp: now + 3600,
-    };
+    let claims = Claims { sub: format!("{}{}", jwt.user_prefix, jwt.first_user + i), iat: now, exp: now + 3600 };
     jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &claims,
@@ -258,11 +232,7 @@ async fn client_loop(mut stream: TcpStream, rest: Vec<u8>, state: Shared, epoch_
                 }
                 8 => {
                     let p = &buf[payload];
-                    let code = if p.len() >= 2 {
-                        u16::from_be_bytes([p[0], p[1]])
-                    } else {
-                        1005
-                    };
+                    let code = if p.len() >= 2 { u16::from_be_bytes([p[0], p[1]]) } else { 1005 };
                     let close = wsclient::client_frame(8, &code.to_be_bytes());
                     let _ = stream.write_all(&close).await;
                     break 'conn code;

@@ -14,9 +14,7 @@ pub async fn tcp_connect(addr: SocketAddr, src: Option<Ipv4Addr>) -> Result<TcpS
     let socket = TcpSocket::new_v4().context("socket")?;
     socket.set_reuseaddr(true).context("SO_REUSEADDR")?;
     if let Some(ip) = src {
-        socket
-            .bind(SocketAddr::from((ip, 0)))
-            .with_context(|| format!("bind {ip}"))?;
+        socket.bind(SocketAddr::from((ip, 0))).with_context(|| format!("bind {ip}"))?;
     }
     let stream = socket.connect(addr).await.context("connect")?;
     stream.set_nodelay(true).context("TCP_NODELAY")?;
@@ -30,17 +28,11 @@ pub async fn upgrade(stream: &mut TcpStream, host: &str, path_and_query: &str) -
         "GET {path_and_query} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: d3NodWItYmVuY2gta2V5MQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .context("write upgrade")?;
+    stream.write_all(request.as_bytes()).await.context("write upgrade")?;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .context("read upgrade response")?;
+        let n = stream.read(&mut chunk).await.context("read upgrade response")?;
         if n == 0 {
             bail!("connection closed during upgrade");
         }
@@ -71,9 +63,7 @@ pub async fn connect_ws(
         let rest = upgrade(&mut stream, &addr.to_string(), path_and_query).await?;
         Ok::<_, anyhow::Error>((stream, rest))
     };
-    tokio::time::timeout(timeout, fut)
-        .await
-        .context("connect timed out")?
+    tokio::time::timeout(timeout, fut).await.context("connect timed out")?
 }
 
 /// One complete frame found in a buffer.
@@ -135,12 +125,7 @@ pub fn parse_frame(buf: &mut [u8]) -> Result<Option<Frame>> {
             *b ^= key[i % 4];
         }
     }
-    Ok(Some(Frame {
-        fin,
-        opcode,
-        payload: pos..end,
-        len: end,
-    }))
+    Ok(Some(Frame { fin, opcode, payload: pos..end, len: end }))
 }
 
 /// Encodes a client frame (FIN set, masked with a zero key, which leaves the payload readable).
@@ -218,10 +203,7 @@ fn parse_number(s: &[u8]) -> Option<u64> {
     if let Ok(v) = text.parse::<u64>() {
         return Some(v);
     }
-    text.parse::<f64>()
-        .ok()
-        .filter(|v| *v >= 0.0)
-        .map(|v| v as u64)
+    text.parse::<f64>().ok().filter(|v| *v >= 0.0).map(|v| v as u64)
 }
 
 #[cfg(test)]
@@ -230,8 +212,7 @@ mod tests {
 
     #[test]
     fn parses_frames_and_classifies() {
-        let payload =
-            br#"{"id":"1","type":"bench","data":{"i":3,"t":12345},"channel":"broadcast"}"#;
+        let payload = br#"{"id":"1","type":"bench","data":{"i":3,"t":12345},"channel":"broadcast"}"#;
         let mut buf = server_text_frame(payload);
         buf.extend_from_slice(&server_text_frame(br#"{"type":"hub:connected","seq":0}"#));
         let f = parse_frame(&mut buf).expect("ok").expect("complete");
@@ -240,10 +221,7 @@ mod tests {
         let mut rest = buf.split_off(f.len);
         let g = parse_frame(&mut rest).expect("ok").expect("complete");
         assert_eq!(classify(&rest[g.payload]), Classified::Control(true));
-        assert_eq!(
-            classify(br#"{"data":{"t": 1.5e3}}"#),
-            Classified::Timed(1500)
-        );
+        assert_eq!(classify(br#"{"data":{"t": 1.5e3}}"#), Classified::Timed(1500));
         assert_eq!(parse_frame(&mut [0x81, 126, 1]).expect("ok"), None);
     }
 }
