@@ -36,6 +36,10 @@ pub struct History {
     /// Kept events by id (weak: the streams own them); dead entries are pruned now and then.
     by_id: HashMap<String, Weak<Event>>,
     pruned_at_len: usize,
+    /// Highest seq that left the history entirely.
+    evicted_upto: u64,
+    /// Trim floor of streams first seen after a restart from durable storage.
+    restored_floor: u64,
 }
 
 impl History {
@@ -49,6 +53,8 @@ impl History {
             bytes: 0,
             by_id: HashMap::new(),
             pruned_at_len: 0,
+            evicted_upto: 0,
+            restored_floor: 0,
         }
     }
 
@@ -63,33 +69,41 @@ impl History {
     }
 
     /// Appends an event to each of its target streams, trimming to `size_of(stream)`.
-    pub fn append(&mut self, event: &Arc<Event>, size_of: impl Fn(&str) -> Option<usize>) {
+    /// Returns the seqs of events that left the history entirely.
+    pub fn append(&mut self, event: &Arc<Event>, size_of: impl Fn(&str) -> Option<usize>) -> Vec<u64> {
         let share = event.heap_bytes() / event.targets.len().max(1);
         self.by_id.insert(event.id.clone(), Arc::downgrade(event));
+        let mut popped = Vec::new();
         for target in &event.targets {
             let limit = size_of(target).unwrap_or(self.default_size).max(1);
-            let stream = self.streams.entry(target.clone()).or_default();
+            let floor = self.restored_floor;
+            let stream = self
+                .streams
+                .entry(target.clone())
+                .or_insert_with(|| StreamHistory { trimmed_upto: floor, ..Default::default() });
             stream.events.push_back(Arc::clone(event));
             self.bytes += share;
             while stream.events.len() > limit {
                 if let Some(old) = stream.events.pop_front() {
                     stream.trimmed_upto = stream.trimmed_upto.max(old.seq);
-                    self.bytes = self.bytes.saturating_sub(old.heap_bytes() / old.targets.len().max(1));
+                    popped.push(old);
                 }
             }
         }
+        self.settle(popped)
     }
 
     /// Drops events older than the TTL and forgets streams left empty.
-    pub fn expire(&mut self, now_ms: u64) {
+    /// Returns the seqs of events that left the history entirely.
+    pub fn expire(&mut self, now_ms: u64) -> Vec<u64> {
         let cutoff = now_ms.saturating_sub(self.ttl_ms);
-        let mut freed = 0;
+        let mut popped = Vec::new();
         let mut forgotten = self.forgotten_upto;
         self.streams.retain(|_, stream| {
             while stream.events.front().is_some_and(|e| e.accepted_ms < cutoff) {
                 if let Some(old) = stream.events.pop_front() {
                     stream.trimmed_upto = stream.trimmed_upto.max(old.seq);
-                    freed += old.heap_bytes() / old.targets.len().max(1);
+                    popped.push(old);
                 }
             }
             let keep = !stream.events.is_empty();
@@ -99,10 +113,54 @@ impl History {
             keep
         });
         self.forgotten_upto = forgotten;
-        self.bytes = self.bytes.saturating_sub(freed);
         if self.by_id.len() > 2 * self.pruned_at_len + 1024 {
             self.by_id.retain(|_, e| e.strong_count() > 0);
             self.pruned_at_len = self.by_id.len();
+        }
+        self.settle(popped)
+    }
+
+    /// Accounts for events popped from streams; those in no stream any more are evicted.
+    fn settle(&mut self, popped: Vec<Arc<Event>>) -> Vec<u64> {
+        let mut evicted = Vec::new();
+        for old in popped {
+            self.bytes = self.bytes.saturating_sub(old.heap_bytes() / old.targets.len().max(1));
+            let kept = old.targets.iter().any(|t| {
+                self.streams.get(t).is_some_and(|s| s.events.binary_search_by_key(&old.seq, |e| e.seq).is_ok())
+            });
+            if !kept && !evicted.contains(&old.seq) {
+                self.evicted_upto = self.evicted_upto.max(old.seq);
+                evicted.push(old.seq);
+            }
+        }
+        evicted
+    }
+
+    /// Highest seq that has left the history entirely.
+    pub fn evicted_upto(&self) -> u64 {
+        self.evicted_upto
+    }
+
+    /// After a restart: every stream counts as trimmed up to `floor`, since what happened to
+    /// each stream before the restart is not known in detail.
+    pub fn set_restored_floor(&mut self, floor: u64) {
+        self.restored_floor = floor;
+        self.forgotten_upto = self.forgotten_upto.max(floor);
+        self.evicted_upto = self.evicted_upto.max(floor);
+    }
+
+    /// Takes back the newest events (a publish whose durable write failed).
+    pub fn rollback(&mut self, events: &[Arc<Event>]) {
+        for event in events.iter().rev() {
+            for target in &event.targets {
+                if let Some(stream) = self.streams.get_mut(target)
+                    && stream.events.back().is_some_and(|e| e.seq == event.seq)
+                {
+                    stream.events.pop_back();
+                    self.bytes = self.bytes.saturating_sub(event.heap_bytes() / event.targets.len().max(1));
+                }
+            }
+            self.by_id.remove(&event.id);
         }
     }
 
@@ -191,6 +249,15 @@ mod tests {
     }
 
     #[test]
+    fn an_event_is_evicted_only_when_no_stream_keeps_it() {
+        let mut h = History::new(1, 60_000);
+        h.append(&ev(1, &["a", "b"], 0), |_| None);
+        assert!(h.append(&ev(2, &["a"], 0), |_| None).is_empty());
+        assert_eq!(h.append(&ev(3, &["b"], 0), |_| None), vec![1]);
+        assert_eq!(h.evicted_upto(), 1);
+    }
+
+    #[test]
     fn trimmed_positions_are_not_recovered() {
         let mut h = History::new(2, 60_000);
         for seq in 1..=4 {
@@ -206,7 +273,7 @@ mod tests {
     fn expiry_forgets_streams_but_remembers_the_loss() {
         let mut h = History::new(10, 1_000);
         h.append(&ev(5, &["a"], 0), |_| None);
-        h.expire(10_000);
+        assert_eq!(h.expire(10_000), vec![5]);
         assert_eq!(h.stream_count(), 0);
         assert_eq!(h.bytes(), 0);
         assert!(!h.replay(&["a".into()], Some(4)).recovered);

@@ -11,6 +11,7 @@
 //! - [`engine`]: where positions, history and delivery live (`memory`; Redis for clusters).
 //! - [`history`]: per-stream in-memory history.
 //! - [`idempotency`]: once-only publish by key.
+//! - [`store`]: durable history on disk for `--data-dir`.
 //! - [`metrics`]: Prometheus counters.
 //! - [`http`]: the router and handlers.
 //! - [`app`]: state shared by handlers and connections.
@@ -27,6 +28,7 @@ pub mod idempotency;
 pub mod metrics;
 pub mod namespace;
 pub mod protocol;
+pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,6 +55,9 @@ pub enum Error {
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The durable history could not be opened.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
     /// Serving failed.
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
@@ -69,7 +74,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
     let metrics = Arc::new(Metrics::new()?);
     let node = engine::memory::new_epoch()[..6].to_string();
     let (hub, inbox) = hub::channel(&node);
-    let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new(hub.clone(), &config));
+    let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new(hub.clone(), &config)?);
     let actor = Hub::new(hub.clone(), Arc::clone(&engine), Arc::clone(&metrics), config.namespaces.clone());
     let hub_task = tokio::spawn(actor.run(inbox));
     let shutdown_timeout = config.shutdown_timeout;

@@ -14,6 +14,7 @@ use crate::hub::HubHandle;
 use crate::idempotency::IdempotencyCache;
 use crate::namespace::Namespaces;
 use crate::protocol::{BROADCAST, Delivery, Event, now_rfc3339};
+use crate::store::{Store, StoreError};
 
 struct State {
     seq: u64,
@@ -27,19 +28,44 @@ pub struct MemoryEngine {
     hub: HubHandle,
     namespaces: Namespaces,
     idempotency: IdempotencyCache,
+    store: Option<Store>,
 }
 
 impl MemoryEngine {
     /// An engine delivering into `hub`, with history limits from the configuration.
-    pub fn new(hub: HubHandle, config: &crate::config::Config) -> Self {
+    /// An engine delivering into `hub`, with history limits from the configuration; with
+    /// `--data-dir`, history and epoch are restored from and written to disk.
+    pub fn new(hub: HubHandle, config: &crate::config::Config) -> Result<Self, StoreError> {
         let ttl_ms = u64::try_from(config.history_ttl.as_millis()).unwrap_or(u64::MAX);
-        Self {
-            epoch: new_epoch(),
-            state: Mutex::new(State { seq: 0, history: History::new(config.history_size, ttl_ms) }),
+        let mut history = History::new(config.history_size, ttl_ms);
+        let mut epoch = new_epoch();
+        let mut seq = 0;
+        let store = match &config.data_dir {
+            None => None,
+            Some(dir) => {
+                let (store, restored) = Store::open(dir, &epoch)?;
+                epoch = restored.epoch;
+                history.set_restored_floor(restored.floor);
+                let sizes = |stream: &str| config.namespaces.find(stream).and_then(|ns| ns.history_size);
+                let mut evicted = Vec::new();
+                for event in &restored.events {
+                    seq = seq.max(event.seq);
+                    evicted.extend(history.append(event, sizes));
+                }
+                evicted.extend(history.expire(now_rfc3339().1));
+                store.commit(&[], &evicted, history.evicted_upto())?;
+                tracing::info!(dir = %dir.display(), events = restored.events.len(), seq, %epoch, "history restored");
+                Some(store)
+            }
+        };
+        Ok(Self {
+            epoch,
+            state: Mutex::new(State { seq: seq.max(history.evicted_upto()), history }),
             hub,
             namespaces: config.namespaces.clone(),
             idempotency: IdempotencyCache::new(config.idempotency_ttl),
-        }
+            store,
+        })
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, State>, EngineError> {
@@ -51,16 +77,27 @@ impl MemoryEngine {
         let stamped: Vec<(String, u64)> = {
             let mut state = self.lock()?;
             let (timestamp, accepted_ms) = now_rfc3339();
-            state.history.expire(accepted_ms);
-            let mut deliveries = Vec::with_capacity(batch.len());
+            let mut evicted = state.history.expire(accepted_ms);
+            let mut events = Vec::with_capacity(batch.len());
+            let first_seq = state.seq;
             for new in batch {
                 state.seq += 1;
                 let event = Arc::new(stamp(new, state.seq, &timestamp, accepted_ms));
                 let sizes = |stream: &str| self.namespaces.find(stream).and_then(|ns| ns.history_size);
-                state.history.append(&event, sizes);
-                deliveries.push(Arc::new(Delivery::new(event, &self.epoch)));
+                evicted.extend(state.history.append(&event, sizes));
+                events.push(event);
             }
-            let stamped = deliveries.iter().map(|d| (d.event.id.clone(), d.event.seq)).collect();
+            if let Some(store) = &self.store {
+                let floor = state.history.evicted_upto();
+                if let Err(e) = store.commit(&events, &evicted, floor) {
+                    state.history.rollback(&events);
+                    state.seq = first_seq;
+                    tracing::error!(error = %e, "durable write failed; publish refused");
+                    return Err(EngineError::Storage(e.to_string()));
+                }
+            }
+            let stamped = events.iter().map(|e| (e.id.clone(), e.seq)).collect();
+            let deliveries = events.into_iter().map(|e| Arc::new(Delivery::new(e, &self.epoch))).collect();
             self.hub.deliver(deliveries, Some(reply))?;
             stamped
         };
