@@ -115,7 +115,9 @@ impl Verifier {
         let mut validation = Validation::new(alg);
         validation.leeway = EXP_LEEWAY_S;
         validation.validate_aud = false;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // `sub` is required by `Claims` itself: the library's own `sub` check only accepts strings,
+        // and a numeric `sub` (Django, FastAPI user ids) must be accepted.
+        validation.set_required_spec_claims(&["exp"]);
         Self { key, validation }
     }
 
@@ -133,8 +135,12 @@ impl Verifier {
         if user.is_empty() {
             return Err(AuthError::Invalid("empty sub".into()));
         }
-        let mut roles: Vec<String> = c.role.into_iter().chain(c.roles).filter(|r| !r.is_empty()).collect();
-        roles.dedup();
+        let mut roles: Vec<String> = Vec::new();
+        for role in c.role.into_iter().chain(c.roles) {
+            if !role.is_empty() && !roles.contains(&role) {
+                roles.push(role);
+            }
+        }
         Ok(Identity { user: Some(user), roles, channels: c.channels, exp: Some(c.exp) })
     }
 }
@@ -241,7 +247,8 @@ pub fn check_api_key(configured: Option<&str>, presented: Option<&str>, peer: So
             Some(p) if constant_time_eq(key.as_bytes(), p.as_bytes()) => Ok(()),
             _ => Err(ApiKeyError::Unauthorized),
         },
-        None if peer.ip().is_loopback() => Ok(()),
+        // Canonical form: on a dual-stack listener an IPv4 loopback peer is `::ffff:127.0.0.1`.
+        None if peer.ip().to_canonical().is_loopback() => Ok(()),
         None => Err(ApiKeyError::NotLoopback),
     }
 }
@@ -296,5 +303,50 @@ mod tests {
         assert_eq!(check_api_key(Some("k"), Some("k"), remote), Ok(()));
         assert_eq!(check_api_key(Some("k"), Some("x"), lo), Err(ApiKeyError::Unauthorized));
         assert_eq!(check_api_key(Some("k"), None, lo), Err(ApiKeyError::Unauthorized));
+        assert_eq!(check_api_key(Some("k"), Some("kk"), remote), Err(ApiKeyError::Unauthorized));
+        assert_eq!(check_api_key(Some("k"), None, remote), Err(ApiKeyError::Unauthorized));
+    }
+
+    #[test]
+    fn without_a_key_only_loopback_peers_pass_in_every_address_form() {
+        for peer in ["127.0.0.1:1", "127.1.2.3:1", "[::1]:1", "[::ffff:127.0.0.1]:1"] {
+            let peer: SocketAddr = peer.parse().expect("addr");
+            assert_eq!(check_api_key(None, None, peer), Ok(()), "{peer}");
+        }
+        for peer in ["192.0.2.1:1", "10.0.0.1:1", "[2001:db8::1]:1", "[::ffff:192.0.2.1]:1", "0.0.0.0:1"] {
+            let peer: SocketAddr = peer.parse().expect("addr");
+            assert_eq!(check_api_key(None, Some("anything"), peer), Err(ApiKeyError::NotLoopback), "{peer}");
+        }
+        assert!(ApiKeyError::NotLoopback.to_string().contains("--api-key"), "the 403 says how to set a key");
+    }
+
+    fn hs256(claims: serde_json::Value) -> String {
+        let key = jsonwebtoken::EncodingKey::from_secret(b"s");
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).expect("encode")
+    }
+
+    fn in_an_hour() -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() + 3600
+    }
+
+    #[test]
+    fn numeric_sub_is_accepted_as_a_string() {
+        let v = Verifier::hs256("s");
+        let id = v.verify(&hs256(serde_json::json!({"sub": 42, "exp": in_an_hour()}))).expect("valid");
+        assert_eq!(id.user.as_deref(), Some("42"));
+        assert!(matches!(v.verify(&hs256(serde_json::json!({"exp": in_an_hour()}))), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            v.verify(&hs256(serde_json::json!({"sub": true, "exp": in_an_hour()}))),
+            Err(AuthError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn role_and_roles_merge_without_duplicates() {
+        let v = Verifier::hs256("s");
+        let t = hs256(
+            serde_json::json!({"sub": "a", "role": "admin", "roles": ["staff", "admin", "", "staff"], "exp": in_an_hour()}),
+        );
+        assert_eq!(v.verify(&t).expect("valid").roles, ["admin", "staff"]);
     }
 }

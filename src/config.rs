@@ -88,6 +88,15 @@ pub struct Config {
     #[arg(long, env = "WSHUB_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
+    /// Redis URL (`redis://[:password@]host:port/db`, or `rediss://`): cluster mode. Without it the
+    /// hub uses its embedded in-memory engine.
+    #[arg(long, env = "WSHUB_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Cluster mode: a node that stops heartbeating leaves stats and presence after this long.
+    #[arg(long, env = "WSHUB_NODE_TTL", default_value = "15s", value_parser = parse_duration)]
+    pub node_ttl: Duration,
+
     /// Channel namespace rules (TOML); see docs/CONFIG.md.
     #[arg(long = "config", env = "WSHUB_CONFIG")]
     pub config_file: Option<PathBuf>,
@@ -144,6 +153,9 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// `--data-dir` is for the single-node engine; Redis keeps history in cluster mode.
+    #[error("--data-dir and --redis-url cannot be combined: in cluster mode history lives in Redis")]
+    DataDirWithRedis,
     /// A zero history size or TTL.
     #[error("--history-size and --history-ttl must be greater than zero")]
     EmptyHistory,
@@ -170,6 +182,9 @@ impl Config {
         }
         if self.require_auth && !self.jwt_configured() {
             return Err(ConfigError::RequireAuthWithoutKey);
+        }
+        if self.data_dir.is_some() && self.redis_url.is_some() {
+            return Err(ConfigError::DataDirWithRedis);
         }
         if self.history_size == 0 || self.history_ttl.is_zero() {
             return Err(ConfigError::EmptyHistory);

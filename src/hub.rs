@@ -109,6 +109,15 @@ pub struct HubStats {
     pub top_channels: Vec<(String, usize)>,
 }
 
+/// Users (with connection counts) and anonymous connections in one stream.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct PresenceSnapshot {
+    /// (user, connections), sorted by user.
+    pub users: Vec<(String, usize)>,
+    /// Connections without a user.
+    pub anonymous: usize,
+}
+
 /// Requests to the hub.
 pub enum Command {
     /// A new connection.
@@ -181,6 +190,11 @@ pub enum Command {
     Stats {
         /// Reply.
         reply: oneshot::Sender<HubStats>,
+    },
+    /// Counts and per-stream presence (users and anonymous count), for cluster heartbeats.
+    Snapshot {
+        /// Reply.
+        reply: oneshot::Sender<(HubStats, HashMap<String, PresenceSnapshot>)>,
     },
     /// Close every connection with 1001 and stop.
     Shutdown,
@@ -379,6 +393,19 @@ impl Hub {
             }
             Command::Stats { reply } => {
                 let _ = reply.send(self.stats());
+            }
+            Command::Snapshot { reply } => {
+                let presence = self
+                    .streams
+                    .keys()
+                    .map(String::as_str)
+                    .chain([BROADCAST])
+                    .map(|s| {
+                        let (users, anonymous) = self.presence(s);
+                        (s.to_string(), PresenceSnapshot { users, anonymous })
+                    })
+                    .collect();
+                let _ = reply.send((self.stats(), presence));
             }
             Command::Shutdown => {}
         }

@@ -70,7 +70,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn published(n: u64) -> Vec<Published> {
-        vec![Published { id: format!("e{n}"), seq: n, recipients: 0 }]
+        vec![Published { id: format!("e{n}"), seq: n, recipients: Some(0), nodes: None }]
     }
 
     #[tokio::test]

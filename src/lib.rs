@@ -43,6 +43,7 @@ use crate::auth::Verifier;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::engine::memory::MemoryEngine;
+use crate::engine::redis::RedisEngine;
 use crate::hub::{Command, Hub};
 use crate::metrics::Metrics;
 
@@ -58,6 +59,9 @@ pub enum Error {
     /// The durable history could not be opened.
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// Redis could not be reached at startup.
+    #[error("cluster engine: {0}")]
+    Engine(#[from] engine::EngineError),
     /// Serving failed.
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
@@ -74,7 +78,10 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
     let metrics = Arc::new(Metrics::new()?);
     let node = engine::memory::new_epoch()[..6].to_string();
     let (hub, inbox) = hub::channel(&node);
-    let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new(hub.clone(), &config)?);
+    let engine: Arc<dyn Engine> = match &config.redis_url {
+        Some(url) => RedisEngine::connect(hub.clone(), &config, url).await?,
+        None => Arc::new(MemoryEngine::new(hub.clone(), &config)?),
+    };
     let actor = Hub::new(hub.clone(), Arc::clone(&engine), Arc::clone(&metrics), config.namespaces.clone());
     let hub_task = tokio::spawn(actor.run(inbox));
     let shutdown_timeout = config.shutdown_timeout;

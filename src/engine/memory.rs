@@ -102,12 +102,16 @@ impl MemoryEngine {
             stamped
         };
         let counts = counts.await.map_err(|_| EngineError::Stopped)?;
-        Ok(stamped.into_iter().zip(counts).map(|((id, seq), recipients)| Published { id, seq, recipients }).collect())
+        Ok(stamped
+            .into_iter()
+            .zip(counts)
+            .map(|((id, seq), recipients)| Published { id, seq, recipients: Some(recipients), nodes: None })
+            .collect())
     }
 }
 
 /// Gives an accepted event its id, position and time.
-fn stamp(new: NewEvent, seq: u64, timestamp: &str, accepted_ms: u64) -> Event {
+pub(crate) fn stamp(new: NewEvent, seq: u64, timestamp: &str, accepted_ms: u64) -> Event {
     let targets = if new.targets.is_empty() { vec![BROADCAST.to_string()] } else { new.targets };
     Event {
         id: uuid::Uuid::now_v7().simple().to_string(),

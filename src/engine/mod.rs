@@ -4,6 +4,7 @@
 //! so single-node and cluster mode share one delivery path.
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 
@@ -31,14 +32,18 @@ pub struct NewEvent {
 }
 
 /// The outcome of publishing one event.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Published {
     /// The event's id.
     pub id: String,
     /// Its position.
     pub seq: u64,
-    /// Connections it was queued to.
-    pub recipients: usize,
+    /// Connections it was queued to; `None` in cluster mode, where other nodes deliver
+    /// asynchronously and cannot be counted before answering.
+    pub recipients: Option<usize>,
+    /// Cluster mode: nodes that received the event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<usize>,
 }
 
 /// Why the engine could not do what was asked.
@@ -95,6 +100,16 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Called by the hub when a stream loses its last local subscriber.
     fn stream_closed(&self, _stream: &str) {}
+
+    /// Cluster mode: users per stream across all live nodes (`None` for a single node).
+    fn cluster_presence(&self, _stream: String) -> BoxFuture<'_, Option<crate::hub::PresenceSnapshot>> {
+        Box::pin(async { None })
+    }
+
+    /// Cluster mode: the latest heartbeat of every live node (empty for a single node).
+    fn cluster_nodes(&self) -> BoxFuture<'_, Vec<serde_json::Value>> {
+        Box::pin(async { Vec::new() })
+    }
 
     /// Bytes of history held in this process.
     fn history_bytes(&self) -> usize;

@@ -62,6 +62,7 @@ async fn stats(
         "rss_bytes": rss_bytes(),
         "uptime_s": app.started.elapsed().as_secs(),
         "engine": app.engine.health(),
+        "nodes": app.engine.cluster_nodes().await,
     })))
 }
 
@@ -106,7 +107,10 @@ async fn presence(
 ) -> Result<Json<Value>, ApiError> {
     admin(&app, &headers, peer)?;
     validate_channel(&name).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let (users, anonymous) = app.hub.ask(|reply| Command::Presence { channel: name.clone(), reply }).await?;
+    let (users, anonymous) = match app.engine.cluster_presence(name.clone()).await {
+        Some(cluster) => (cluster.users, cluster.anonymous),
+        None => app.hub.ask(|reply| Command::Presence { channel: name.clone(), reply }).await?,
+    };
     let users: Vec<Value> = users.into_iter().map(|(user, n)| json!({"user": user, "connections": n})).collect();
     Ok(Json(json!({ "channel": name, "users": users, "anonymous": anonymous })))
 }

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
@@ -24,14 +25,7 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
 }
 
 /// Publishes a notification built from the gateway-shaped body; 202 with the event id.
-async fn publish(
-    app: &AppState,
-    headers: &HeaderMap,
-    peer: SocketAddr,
-    notification: Value,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    authorize(app, headers, peer)?;
-    require_json(headers)?;
+async fn publish(app: &AppState, notification: Value) -> Result<(StatusCode, Json<Value>), ApiError> {
     let bytes = serde_json::to_vec(&notification).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let accepted = parse_one(&bytes)?;
     let published = app.engine.publish(vec![accepted.event], None).await?;
@@ -40,8 +34,19 @@ async fn publish(
     Ok((StatusCode::ACCEPTED, Json(json!({"success": true, "id": first.id, "recipients": first.recipients}))))
 }
 
-fn body_json(body: &Bytes) -> Result<Value, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+/// Checks the API-key rule and the content type first (a caller without the key learns nothing
+/// about its body), then parses the body as one JSON object.
+fn gateway_body(
+    app: &AppState,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Value, ApiError> {
+    authorize(app, headers, peer)?;
+    require_json(headers)?;
+    let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let value: Value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
     if value.is_object() { Ok(value) } else { Err(ApiError::bad_request("body must be a JSON object")) }
 }
 
@@ -54,11 +59,11 @@ async fn emit_event(
     State(app): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let body = body_json(&body)?;
+    let body = gateway_body(&app, &headers, peer, body)?;
     let n = json!({"type": field(&body, "type")?, "data": body.get("data")});
-    publish(&app, &headers, peer, n).await
+    publish(&app, n).await
 }
 
 /// `{role, event, payload}` → `role:{role}`.
@@ -66,11 +71,11 @@ async fn notify_role(
     State(app): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let body = body_json(&body)?;
+    let body = gateway_body(&app, &headers, peer, body)?;
     let n = json!({"type": field(&body, "event")?, "data": body.get("payload"), "role": field(&body, "role")?});
-    publish(&app, &headers, peer, n).await
+    publish(&app, n).await
 }
 
 /// `{userId, event, payload}` → `user:{userId}`.
@@ -78,11 +83,11 @@ async fn notify_user(
     State(app): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let body = body_json(&body)?;
+    let body = gateway_body(&app, &headers, peer, body)?;
     let n = json!({"type": field(&body, "event")?, "data": body.get("payload"), "user": field(&body, "userId")?});
-    publish(&app, &headers, peer, n).await
+    publish(&app, n).await
 }
 
 /// Any object → the `dashboard` channel, type `event` (default `dashboard_update`), data `payload`
@@ -91,10 +96,10 @@ async fn update_dashboard(
     State(app): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let body = body_json(&body)?;
+    let body = gateway_body(&app, &headers, peer, body)?;
     let kind = body.get("event").cloned().unwrap_or_else(|| json!("dashboard_update"));
     let data = body.get("payload").cloned().unwrap_or_else(|| body.clone());
-    publish(&app, &headers, peer, json!({"type": kind, "data": data, "channel": "dashboard"})).await
+    publish(&app, json!({"type": kind, "data": data, "channel": "dashboard"})).await
 }

@@ -93,7 +93,11 @@ async fn notify(
 }
 
 fn result(p: &Published) -> Value {
-    serde_json::json!({"success": true, "id": p.id, "seq": p.seq, "recipients": p.recipients})
+    let mut v = serde_json::json!({"success": true, "id": p.id, "seq": p.seq, "recipients": p.recipients});
+    if let Some(nodes) = p.nodes {
+        v["nodes"] = nodes.into();
+    }
+    v
 }
 
 fn count_namespaces(app: &AppState, event: &NewEvent) {

@@ -1,0 +1,749 @@
+//! The cluster engine: several wshub processes share one Redis and act as one hub.
+//!
+//! - Positions: one `INCR` counter; epoch in a key (a Redis that lost its data gets a new epoch,
+//!   so clients are told `recovered: false` instead of resuming wrongly).
+//! - History: a Redis Stream per stream (`wshub:h:{stream}`), entry id = seq, trimmed to the
+//!   history size, expired after twice the TTL; per-stream trim and last positions in hashes.
+//! - Live fan-out: `PUBLISH wshub:c:{stream}` from one Lua script that also assigns the seq and
+//!   writes history, so order is the same everywhere. Each node subscribes only to the streams its
+//!   own clients are in (plus `broadcast`), on one pub/sub connection, so it receives events in seq
+//!   order; an event matching several of its streams arrives once per stream and is passed on once.
+//! - Idempotency keys, receipts, node heartbeats and presence snapshots are keys with expiry.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
+use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Engine, EngineError, EngineHealth, NewEvent, Published};
+use crate::config::Config;
+use crate::history::Replay;
+use crate::hub::{Command, HubHandle, PresenceSnapshot};
+use crate::namespace::Namespaces;
+use crate::protocol::{BROADCAST, Delivery, Event, now_rfc3339};
+
+const KEY_EPOCH: &str = "wshub:epoch";
+const KEY_TRIM: &str = "wshub:trim";
+const KEY_LAST: &str = "wshub:last";
+const KEY_RECENT: &str = "wshub:recent";
+/// Events kept in the cluster-wide recent list (`GET /events`).
+const RECENT_LEN: usize = 1000;
+/// Events whose local write counts are flushed to Redis at each heartbeat.
+const RECEIPT_WINDOW: usize = 10_000;
+/// Longest wait for the first publisher of an idempotency key to finish.
+const IDEMPOTENCY_WAIT: Duration = Duration::from_secs(5);
+/// Redis command timeout: a publish fails with 503 rather than hang while Redis is away.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Assigns seqs, writes history and publishes a batch atomically. See the module doc.
+const PUBLISH_SCRIPT: &str = r#"
+local ttl_ms = tonumber(ARGV[1])
+local epoch = redis.call('GET', 'wshub:epoch')
+if not epoch then
+  epoch = ARGV[2]
+  redis.call('SET', 'wshub:epoch', epoch)
+end
+local count = tonumber(ARGV[3])
+local i = 4
+local out = {epoch}
+for e = 1, count do
+  local id = ARGV[i]
+  local body = ARGV[i + 1]
+  local nt = tonumber(ARGV[i + 2])
+  i = i + 3
+  local seq = redis.call('INCR', 'wshub:seq')
+  local payload = '{"seq":' .. seq .. ',"epoch":"' .. epoch .. '",' .. string.sub(body, 2)
+  local receivers = 0
+  for t = 1, nt do
+    local target = ARGV[i]
+    local maxlen = tonumber(ARGV[i + 1])
+    i = i + 2
+    local key = 'wshub:h:' .. target
+    redis.call('XADD', key, seq .. '-0', 'e', payload)
+    local len = redis.call('XLEN', key)
+    if len > maxlen then
+      local old = redis.call('XRANGE', key, '-', '+', 'COUNT', len - maxlen)
+      redis.call('XTRIM', key, 'MAXLEN', maxlen)
+      redis.call('HSET', 'wshub:trim', target, string.match(old[#old][1], '^(%d+)'))
+    end
+    redis.call('PEXPIRE', key, ttl_ms * 2)
+    redis.call('HSET', 'wshub:last', target, seq)
+    local n = redis.call('PUBLISH', 'wshub:c:' .. target, payload)
+    if n > receivers then receivers = n end
+  end
+  redis.call('SET', 'wshub:ev:' .. id, payload, 'PX', ttl_ms)
+  redis.call('LPUSH', 'wshub:recent', payload)
+  table.insert(out, seq)
+  table.insert(out, receivers)
+end
+redis.call('LTRIM', 'wshub:recent', 0, tonumber(ARGV[#ARGV]) - 1)
+return out
+"#;
+
+/// Recently received events with the write count already flushed to Redis.
+type RecentEvents = Mutex<VecDeque<(Arc<Event>, u32)>>;
+
+/// Requests to the subscription manager, processed in order.
+enum SubRequest {
+    Open(String),
+    Close(String),
+    /// Replies once every earlier request is confirmed by Redis (false while disconnected).
+    Sync(oneshot::Sender<bool>),
+}
+
+/// What a node shares with the others through the publish payload.
+#[derive(Deserialize)]
+struct EpochOf {
+    epoch: String,
+}
+
+/// The Redis engine.
+pub struct RedisEngine {
+    conn: ConnectionManager,
+    node: String,
+    epoch: Mutex<String>,
+    last_seq: AtomicU64,
+    linked: Arc<AtomicBool>,
+    subs: mpsc::UnboundedSender<SubRequest>,
+    history_size: usize,
+    ttl: Duration,
+    idempotency_ttl: Duration,
+    node_ttl: Duration,
+    namespaces: Namespaces,
+    /// The publish script (sent by hash, loaded on first use).
+    script: redis::Script,
+    /// Recently received events, whose local write counts are flushed to Redis.
+    recent: Arc<RecentEvents>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Unavailable(format!("redis: {e}"))
+}
+
+impl RedisEngine {
+    /// Connects to Redis and starts the subscription manager and the heartbeat.
+    pub async fn connect(hub: HubHandle, config: &Config, url: &str) -> Result<Arc<Self>, EngineError> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(COMMAND_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(2));
+        let mut conn = client.get_connection_manager_with_config(manager_config).await.map_err(unavailable)?;
+        let candidate = super::memory::new_epoch();
+        let _: bool = conn.set_nx(KEY_EPOCH, &candidate).await.map_err(unavailable)?;
+        let epoch: String = conn.get(KEY_EPOCH).await.map_err(unavailable)?;
+        let (subs, requests) = mpsc::unbounded_channel();
+        let linked = Arc::new(AtomicBool::new(false));
+        let recent = Arc::new(Mutex::new(VecDeque::new()));
+        let engine = Arc::new(Self {
+            conn,
+            node: hub.node().to_string(),
+            epoch: Mutex::new(epoch),
+            last_seq: AtomicU64::new(0),
+            linked: Arc::clone(&linked),
+            subs,
+            history_size: config.history_size,
+            ttl: config.history_ttl,
+            idempotency_ttl: config.idempotency_ttl,
+            node_ttl: config.node_ttl,
+            namespaces: config.namespaces.clone(),
+            script: redis::Script::new(PUBLISH_SCRIPT),
+            recent,
+        });
+        let weak = Arc::downgrade(&engine);
+        tokio::spawn(subscription_manager(client, hub.clone(), weak.clone(), requests, linked));
+        tokio::spawn(heartbeat(hub, weak));
+        engine.wait_linked().await;
+        Ok(engine)
+    }
+
+    async fn wait_linked(&self) {
+        for _ in 0..100 {
+            if self.sync().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tracing::warn!("redis pub/sub is not connected yet; the node will catch up when it is");
+    }
+
+    /// True once every earlier subscribe is confirmed by Redis.
+    async fn sync(&self) -> bool {
+        let (tx, rx) = oneshot::channel();
+        self.subs.send(SubRequest::Sync(tx)).is_ok() && rx.await.unwrap_or(false)
+    }
+
+    fn set_epoch(&self, epoch: &str) {
+        if let Ok(mut current) = self.epoch.lock()
+            && *current != epoch
+        {
+            tracing::warn!(old = %current, new = %epoch, "redis epoch changed (its data was reset)");
+            *current = epoch.to_string();
+        }
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn max_len(&self, stream: &str) -> usize {
+        self.namespaces.find(stream).and_then(|ns| ns.history_size).unwrap_or(self.history_size).max(1)
+    }
+
+    async fn publish_now(&self, batch: Vec<NewEvent>) -> Result<Vec<Published>, EngineError> {
+        let (timestamp, accepted_ms) = now_rfc3339();
+        let mut script = self.script.prepare_invoke();
+        script.arg(self.ttl_ms()).arg(super::memory::new_epoch()).arg(batch.len());
+        let mut ids = Vec::with_capacity(batch.len());
+        for new in batch {
+            let event = super::memory::stamp(new, 0, &timestamp, accepted_ms);
+            let body =
+                serde_json::to_string(&WireBody::from(&event)).map_err(|e| EngineError::Storage(e.to_string()))?;
+            script.arg(&event.id).arg(body).arg(event.targets.len());
+            for target in &event.targets {
+                script.arg(target).arg(self.max_len(target));
+            }
+            ids.push(event.id);
+        }
+        script.arg(RECENT_LEN);
+        let mut conn = self.conn.clone();
+        let out: Vec<redis::Value> = script.invoke_async(&mut conn).await.map_err(unavailable)?;
+        let mut values = out.into_iter();
+        let epoch: String =
+            values.next().map(redis::from_redis_value).transpose().map_err(unavailable)?.unwrap_or_default();
+        self.set_epoch(&epoch);
+        let numbers: Vec<u64> = values.map(redis::from_redis_value).collect::<Result<_, _>>().map_err(unavailable)?;
+        Ok(ids
+            .into_iter()
+            .zip(numbers.chunks(2))
+            .map(|(id, pair)| Published {
+                id,
+                seq: pair.first().copied().unwrap_or(0),
+                recipients: None,
+                nodes: pair.get(1).map(|n| *n as usize),
+            })
+            .collect())
+    }
+
+    async fn read_streams(&self, streams: &[String], since: Option<u64>) -> Result<Replay, EngineError> {
+        let mut conn = self.conn.clone();
+        let lasts: Vec<Option<u64>> =
+            redis::cmd("HMGET").arg(KEY_LAST).arg(streams).query_async(&mut conn).await.map_err(unavailable)?;
+        let head = lasts.iter().flatten().copied().max().unwrap_or(0);
+        let Some(since) = since else {
+            return Ok(Replay { events: Vec::new(), recovered: true, head });
+        };
+        let trims: Vec<Option<u64>> =
+            redis::cmd("HMGET").arg(KEY_TRIM).arg(streams).query_async(&mut conn).await.map_err(unavailable)?;
+        let cutoff = now_rfc3339().1.saturating_sub(self.ttl_ms());
+        let mut recovered = true;
+        let mut events: Vec<Arc<Event>> = Vec::new();
+        for (i, stream) in streams.iter().enumerate() {
+            let entries: Vec<(String, HashMap<String, String>)> =
+                conn.xrange(format!("wshub:h:{stream}"), format!("{}-0", since + 1), "+").await.map_err(unavailable)?;
+            recovered &= trims[i].is_none_or(|t| since >= t);
+            if entries.is_empty() && lasts[i].is_some_and(|last| last > since) {
+                recovered = false; // the stream expired with events the client has not seen
+            }
+            for (_, fields) in entries {
+                let Some(event) = fields.get("e").and_then(|p| serde_json::from_str::<Event>(p).ok()) else { continue };
+                if event.accepted_ms < cutoff {
+                    recovered = false;
+                } else {
+                    events.push(Arc::new(event));
+                }
+            }
+        }
+        events.sort_by_key(|e| e.seq);
+        events.dedup_by_key(|e| e.seq);
+        Ok(Replay { events, recovered, head })
+    }
+
+    /// Waits for the first publisher of `key` (or becomes it). `None`: we are the first.
+    async fn idempotent(&self, key: &str) -> Result<Option<Vec<Published>>, EngineError> {
+        let mut conn = self.conn.clone();
+        let redis_key = format!("wshub:idem:{key}");
+        let deadline = tokio::time::Instant::now() + IDEMPOTENCY_WAIT;
+        loop {
+            let claimed: bool = redis::cmd("SET")
+                .arg(&redis_key)
+                .arg("pending")
+                .arg("NX")
+                .arg("PX")
+                .arg(self.idempotency_ttl.as_millis() as u64)
+                .query_async::<Option<String>>(&mut conn)
+                .await
+                .map_err(unavailable)?
+                .is_some();
+            if claimed {
+                return Ok(None);
+            }
+            let value: Option<String> = conn.get(&redis_key).await.map_err(unavailable)?;
+            match value.as_deref() {
+                Some("pending") | None => {}
+                Some(done) => {
+                    return serde_json::from_str(done).map(Some).map_err(|e| EngineError::Storage(e.to_string()));
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(EngineError::Unavailable(
+                    "an earlier publish with this idempotency key is still running".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn publish_once(&self, batch: Vec<NewEvent>, key: Option<String>) -> Result<Vec<Published>, EngineError> {
+        let Some(key) = key else { return self.publish_now(batch).await };
+        if let Some(done) = self.idempotent(&key).await? {
+            return Ok(done);
+        }
+        let redis_key = format!("wshub:idem:{key}");
+        let mut conn = self.conn.clone();
+        match self.publish_now(batch).await {
+            Ok(published) => {
+                let text = serde_json::to_string(&published).map_err(|e| EngineError::Storage(e.to_string()))?;
+                let ttl = self.idempotency_ttl.as_millis() as u64;
+                let _: () = conn.pset_ex(&redis_key, text, ttl).await.map_err(unavailable)?;
+                Ok(published)
+            }
+            Err(e) => {
+                let _: Result<(), _> = conn.del(&redis_key).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Turns a pub/sub payload into a delivery for the local hub, once per seq: an event matching
+    /// several of this node's streams arrives once per stream, and catch-up may overlap live ones.
+    fn on_message(&self, payload: &str, hub: &HubHandle) {
+        let (Ok(event), Ok(EpochOf { epoch })) =
+            (serde_json::from_str::<Event>(payload), serde_json::from_str(payload))
+        else {
+            tracing::warn!("unreadable event from redis");
+            return;
+        };
+        self.deliver(Arc::new(event), &epoch, hub);
+    }
+
+    fn deliver(&self, event: Arc<Event>, epoch: &str, hub: &HubHandle) {
+        if epoch != self.epoch() {
+            self.set_epoch(epoch);
+            self.last_seq.store(0, Ordering::Release);
+        }
+        if event.seq <= self.last_seq.load(Ordering::Acquire) {
+            return;
+        }
+        self.last_seq.store(event.seq, Ordering::Release);
+        if let Ok(mut recent) = self.recent.lock() {
+            if recent.len() == RECEIPT_WINDOW {
+                recent.pop_front();
+            }
+            recent.push_back((Arc::clone(&event), 0));
+        }
+        if hub.deliver(vec![Arc::new(Delivery::new(event, epoch))], None).is_err() {
+            tracing::debug!("hub stopped; dropping event from redis");
+        }
+    }
+
+    /// After a reconnect: deliver what was published while this node was not listening.
+    async fn catch_up(&self, interest: &HashSet<String>, hub: &HubHandle) {
+        let mut conn = self.conn.clone();
+        let _: Result<bool, _> = conn.set_nx(KEY_EPOCH, super::memory::new_epoch()).await;
+        let Ok(Some(epoch)) = conn.get::<_, Option<String>>(KEY_EPOCH).await else { return };
+        if epoch != self.epoch() {
+            self.set_epoch(&epoch);
+            self.last_seq.store(0, Ordering::Release);
+            return;
+        }
+        let since = self.last_seq.load(Ordering::Acquire);
+        if since == 0 {
+            return;
+        }
+        let streams: Vec<String> = interest.iter().cloned().collect();
+        match self.read_streams(&streams, Some(since)).await {
+            Ok(replay) => {
+                if !replay.events.is_empty() {
+                    tracing::info!(events = replay.events.len(), "caught up on events missed while disconnected");
+                }
+                for event in replay.events {
+                    self.deliver(event, &epoch, hub);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "catch-up after reconnect failed"),
+        }
+    }
+
+    fn unflushed_written(&self, id: &str) -> u64 {
+        let Ok(recent) = self.recent.lock() else { return 0 };
+        recent
+            .iter()
+            .find(|(e, _)| e.id == id)
+            .map_or(0, |(e, flushed)| u64::from(e.receipt.written.load(Ordering::Relaxed).saturating_sub(*flushed)))
+    }
+
+    /// Pushes local write counts to Redis, and this node's heartbeat.
+    async fn beat(&self, hub: &HubHandle) -> Result<(), EngineError> {
+        let mut conn = self.conn.clone();
+        let deltas: Vec<(String, u32)> = match self.recent.lock() {
+            Ok(mut recent) => recent
+                .iter_mut()
+                .filter_map(|(event, flushed)| {
+                    let written = event.receipt.written.load(Ordering::Relaxed);
+                    let delta = written.saturating_sub(*flushed);
+                    *flushed = written;
+                    (delta > 0).then(|| (event.id.clone(), delta))
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let ttl = self.ttl_ms();
+        let mut pipe = redis::pipe();
+        for (id, delta) in &deltas {
+            let key = format!("wshub:r:{id}");
+            pipe.hincr(&key, "written", *delta).ignore().pexpire(&key, ttl as i64).ignore();
+        }
+        let (stats, presence) = hub.ask(|reply| Command::Snapshot { reply }).await?;
+        let node_ms = self.node_ttl.as_millis() as u64;
+        let beat = json!({"node": self.node, "stats": stats, "at_ms": now_rfc3339().1});
+        pipe.pset_ex(format!("wshub:node:{}", self.node), beat.to_string(), node_ms).ignore();
+        let presence_key = format!("wshub:presence:{}", self.node);
+        pipe.del(&presence_key).ignore();
+        for (stream, entry) in &presence {
+            pipe.hset(&presence_key, stream, json!(entry).to_string()).ignore();
+        }
+        pipe.pexpire(&presence_key, node_ms as i64).ignore();
+        pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
+    }
+
+    async fn node_keys(&self, pattern: &str) -> Result<Vec<String>, EngineError> {
+        let mut conn = self.conn.clone();
+        let mut keys = Vec::new();
+        let mut iter: redis::AsyncIter<String> = conn.scan_match(pattern).await.map_err(unavailable)?;
+        while let Some(key) = iter.next().await {
+            keys.push(key.map_err(unavailable)?);
+        }
+        Ok(keys)
+    }
+}
+
+/// An event as written into Redis: everything but the seq and epoch, which the script adds.
+#[derive(serde::Serialize)]
+struct WireBody<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    message: &'a str,
+    data: &'a serde_json::value::RawValue,
+    timestamp: &'a str,
+    targets: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exclude: Option<&'a str>,
+    accepted_ms: u64,
+}
+
+impl<'a> From<&'a Event> for WireBody<'a> {
+    fn from(e: &'a Event) -> Self {
+        Self {
+            id: &e.id,
+            kind: &e.kind,
+            message: &e.message,
+            data: &e.data,
+            timestamp: &e.timestamp,
+            targets: &e.targets,
+            from: e.from.as_deref(),
+            exclude: e.exclude.as_deref(),
+            accepted_ms: e.accepted_ms,
+        }
+    }
+}
+
+/// Owns the pub/sub connection: (re)connects, (re)subscribes everything local clients need,
+/// catches up on events missed while it was away, and forwards messages to the hub. Requests are
+/// handled in order, so `Sync` confirms every earlier `Open`.
+async fn subscription_manager(
+    client: redis::Client,
+    hub: HubHandle,
+    engine: Weak<RedisEngine>,
+    mut requests: mpsc::UnboundedReceiver<SubRequest>,
+    linked: Arc<AtomicBool>,
+) {
+    let mut interest: HashSet<String> = HashSet::from([BROADCAST.to_string()]);
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let Some((mut sink, mut stream)) = connect_pubsub(&client, &interest).await else {
+            linked.store(false, Ordering::Release);
+            let sleep = tokio::time::sleep(backoff);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = &mut sleep => break,
+                    request = requests.recv() => match request {
+                        None => return,
+                        Some(request) => note_offline(&mut interest, request),
+                    },
+                }
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            continue;
+        };
+        backoff = MIN_BACKOFF;
+        if let Some(engine) = engine.upgrade() {
+            engine.catch_up(&interest, &hub).await;
+        }
+        linked.store(true, Ordering::Release);
+        tracing::info!(streams = interest.len(), "redis pub/sub connected");
+        loop {
+            tokio::select! {
+                message = stream.next() => match message {
+                    Some(message) => {
+                        if let (Ok(payload), Some(engine)) = (message.get_payload::<String>(), engine.upgrade()) {
+                            engine.on_message(&payload, &hub);
+                        }
+                    }
+                    None => break,
+                },
+                request = requests.recv() => match request {
+                    None => return,
+                    Some(SubRequest::Open(s)) => {
+                        if interest.insert(s.clone()) && sink.subscribe(channel_key(&s)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(SubRequest::Close(s)) => {
+                        if s != BROADCAST && interest.remove(&s) && sink.unsubscribe(channel_key(&s)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(SubRequest::Sync(reply)) => {
+                        let _ = reply.send(true);
+                    }
+                },
+            }
+        }
+        linked.store(false, Ordering::Release);
+        tracing::warn!("redis pub/sub connection lost; reconnecting");
+    }
+}
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+fn channel_key(stream: &str) -> String {
+    format!("wshub:c:{stream}")
+}
+
+async fn connect_pubsub(
+    client: &redis::Client,
+    interest: &HashSet<String>,
+) -> Option<(PubSubSink, redis::aio::PubSubStream)> {
+    let pubsub = match tokio::time::timeout(COMMAND_TIMEOUT, client.get_async_pubsub()).await {
+        Ok(Ok(pubsub)) => pubsub,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "redis pub/sub connect failed");
+            return None;
+        }
+        Err(_) => return None,
+    };
+    let (mut sink, stream) = pubsub.split();
+    let channels: Vec<String> = interest.iter().map(|s| channel_key(s)).collect();
+    match sink.subscribe(&channels).await {
+        Ok(()) => Some((sink, stream)),
+        Err(e) => {
+            tracing::warn!(error = %e, "redis subscribe failed");
+            None
+        }
+    }
+}
+
+/// While disconnected, requests only change what to subscribe on reconnect.
+fn note_offline(interest: &mut HashSet<String>, request: SubRequest) {
+    match request {
+        SubRequest::Open(s) => {
+            interest.insert(s);
+        }
+        SubRequest::Close(s) => {
+            if s != BROADCAST {
+                interest.remove(&s);
+            }
+        }
+        SubRequest::Sync(reply) => {
+            let _ = reply.send(false);
+        }
+    }
+}
+
+/// Flushes receipts and writes this node's heartbeat every third of `--node-ttl`.
+async fn heartbeat(hub: HubHandle, engine: Weak<RedisEngine>) {
+    loop {
+        let Some(period) = engine.upgrade().map(|e| e.node_ttl / 3) else { return };
+        tokio::time::sleep(period).await;
+        let Some(engine) = engine.upgrade() else { return };
+        if let Err(e) = engine.beat(&hub).await {
+            tracing::debug!(error = %e, "heartbeat failed");
+        }
+    }
+}
+
+impl Engine for RedisEngine {
+    fn epoch(&self) -> String {
+        self.epoch.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    fn current_seq(&self) -> u64 {
+        self.last_seq.load(Ordering::Acquire)
+    }
+
+    fn publish(&self, batch: Vec<NewEvent>, key: Option<String>) -> BoxFuture<'_, Result<Vec<Published>, EngineError>> {
+        self.publish_once(batch, key).boxed()
+    }
+
+    fn replay(&self, streams: Vec<String>, since: Option<u64>) -> BoxFuture<'_, Result<Replay, EngineError>> {
+        async move {
+            // Live delivery for these streams must be on before history is read.
+            if !self.sync().await {
+                return Err(EngineError::Unavailable("redis pub/sub is not connected".into()));
+            }
+            self.read_streams(&streams, since).await
+        }
+        .boxed()
+    }
+
+    fn history(&self, stream: String, since: u64, limit: usize) -> BoxFuture<'_, Result<Vec<Arc<Event>>, EngineError>> {
+        async move {
+            let mut conn = self.conn.clone();
+            let entries: Vec<(String, HashMap<String, String>)> = conn
+                .xrange_count(format!("wshub:h:{stream}"), format!("{}-0", since + 1), "+", limit)
+                .await
+                .map_err(unavailable)?;
+            Ok(entries.iter().filter_map(|(_, f)| f.get("e")).filter_map(|p| parse_event(p)).collect())
+        }
+        .boxed()
+    }
+
+    fn recent(&self, limit: usize) -> BoxFuture<'_, Result<Vec<Arc<Event>>, EngineError>> {
+        async move {
+            let mut conn = self.conn.clone();
+            let stop = isize::try_from(limit).unwrap_or(isize::MAX).saturating_sub(1);
+            let payloads: Vec<String> = conn.lrange(KEY_RECENT, 0, stop).await.map_err(unavailable)?;
+            Ok(payloads.iter().filter_map(|p| parse_event(p)).collect())
+        }
+        .boxed()
+    }
+
+    fn find(&self, id: String) -> BoxFuture<'_, Result<Option<Arc<Event>>, EngineError>> {
+        async move {
+            let mut conn = self.conn.clone();
+            let payload: Option<String> = conn.get(format!("wshub:ev:{id}")).await.map_err(unavailable)?;
+            Ok(payload.as_deref().and_then(parse_event))
+        }
+        .boxed()
+    }
+
+    fn ack(&self, ids: Vec<String>, user: Option<String>) -> BoxFuture<'_, ()> {
+        async move {
+            let mut conn = self.conn.clone();
+            let ttl = self.ttl_ms() as i64;
+            let mut pipe = redis::pipe();
+            for id in &ids {
+                let key = format!("wshub:r:{id}");
+                pipe.hincr(&key, "acked", 1).ignore().pexpire(&key, ttl).ignore();
+                if let Some(user) = &user {
+                    let users = format!("wshub:ru:{id}");
+                    pipe.sadd(&users, user).ignore().pexpire(&users, ttl).ignore();
+                }
+            }
+            if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+                tracing::debug!(error = %e, "receipts not recorded");
+            }
+        }
+        .boxed()
+    }
+
+    fn receipt(&self, event: Arc<Event>) -> BoxFuture<'_, Value> {
+        async move {
+            let mut conn = self.conn.clone();
+            let counts: HashMap<String, u64> = conn.hgetall(format!("wshub:r:{}", event.id)).await.unwrap_or_default();
+            let users: Vec<String> = conn.smembers(format!("wshub:ru:{}", event.id)).await.unwrap_or_default();
+            let local_unflushed = self.unflushed_written(&event.id);
+            json!({
+                "written": counts.get("written").copied().unwrap_or(0) + local_unflushed,
+                "acked": counts.get("acked").copied().unwrap_or(0),
+                "acked_users": users,
+            })
+        }
+        .boxed()
+    }
+
+    fn stream_opened(&self, stream: &str) {
+        let _ = self.subs.send(SubRequest::Open(stream.to_string()));
+    }
+
+    fn stream_closed(&self, stream: &str) {
+        let _ = self.subs.send(SubRequest::Close(stream.to_string()));
+    }
+
+    fn cluster_presence(&self, stream: String) -> BoxFuture<'_, Option<PresenceSnapshot>> {
+        async move {
+            let keys = self.node_keys("wshub:presence:*").await.ok()?;
+            let mut conn = self.conn.clone();
+            let mut users: HashMap<String, usize> = HashMap::new();
+            let mut anonymous = 0;
+            for key in keys {
+                let Ok(Some(text)) = conn.hget::<_, _, Option<String>>(&key, &stream).await else { continue };
+                let Ok(entry) = serde_json::from_str::<PresenceSnapshot>(&text) else { continue };
+                for (user, n) in entry.users {
+                    *users.entry(user).or_default() += n;
+                }
+                anonymous += entry.anonymous;
+            }
+            let mut users: Vec<(String, usize)> = users.into_iter().collect();
+            users.sort();
+            Some(PresenceSnapshot { users, anonymous })
+        }
+        .boxed()
+    }
+
+    fn cluster_nodes(&self) -> BoxFuture<'_, Vec<Value>> {
+        async move {
+            let Ok(keys) = self.node_keys("wshub:node:*").await else { return Vec::new() };
+            let mut conn = self.conn.clone();
+            let mut nodes = Vec::new();
+            for key in keys {
+                if let Ok(Some(text)) = conn.get::<_, Option<String>>(&key).await
+                    && let Ok(beat) = serde_json::from_str::<Value>(&text)
+                {
+                    nodes.push(beat);
+                }
+            }
+            nodes.sort_by(|a, b| a["node"].as_str().cmp(&b["node"].as_str()));
+            nodes
+        }
+        .boxed()
+    }
+
+    fn history_bytes(&self) -> usize {
+        0
+    }
+
+    fn health(&self) -> EngineHealth {
+        let ok = self.linked.load(Ordering::Acquire);
+        EngineHealth { kind: "redis", ok, detail: (!ok).then(|| "redis unreachable: publishes answer 503".to_string()) }
+    }
+}
+
+fn parse_event(payload: &str) -> Option<Arc<Event>> {
+    serde_json::from_str::<Event>(payload).ok().map(Arc::new)
+}
