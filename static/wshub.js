@@ -1,0 +1,470 @@
+/*
+ * wshub.js — dependency-free browser client for wshub (see docs/PROTOCOL.md).
+ *
+ * Classic script:  <script src="/wshub.js"></script>  → window.Wshub
+ * ES module:       import { Wshub } from '/wshub.mjs'  (re-exports globalThis.Wshub)
+ *
+ *   const hub = new Wshub({ getToken: async () => token, persist: 'session' });
+ *   hub.on('state', s => ...);            // connecting | connected | reconnecting | closed
+ *   hub.on('reserva_creada', n => ...);   // notifications by type, or '*' for all of them
+ *   hub.on('missed', ({stream}) => ...);  // resume failed: reload the app's data
+ *   hub.connect();
+ *   await hub.subscribe('room-1');
+ *
+ * What it does for you:
+ *  - reconnects with exponential backoff + full jitter (base 500 ms, cap 30 s; reset once a
+ *    connection has been stable for a while), and on 1001 "going away";
+ *  - resumes: remembers the highest `seq` (and its `epoch`) seen through the automatic streams
+ *    (broadcast, user:*, role:*) and per subscribed channel, and asks the hub to replay what
+ *    was missed (`/ws?epoch=E&since=S`, `subscribe` with `since`+`epoch`). With
+ *    persist:'session' positions survive a page reload (sessionStorage);
+ *  - drops duplicates by event `id` (an event in several streams may be replayed twice);
+ *  - acknowledges every notification handed to the app, in batches ({"type":"ack","ids":[…]}).
+ */
+(function (root) {
+  'use strict';
+
+  var BACKOFF_BASE_MS = 500;
+  var BACKOFF_CAP_MS = 30000;
+  var STABLE_MS = 5000;        // a connection up this long resets the backoff
+  var RECENT_IDS = 1000;       // size of the dedupe window
+  var MAX_FRAME = 500;         // stay under the hub's default --max-message-bytes (512)
+  var AUTO = '(auto)';         // position key of the automatic streams
+
+  // broadcast, user:* and role:* are joined automatically and resumed through /ws?since=
+  function isAuto(stream) {
+    return stream === 'broadcast' || /^(user|role):/.test(stream);
+  }
+
+  // Seconds-since-epoch `exp` of a JWT, or null (used to refresh the token before it expires).
+  function jwtExp(token) {
+    try {
+      var p = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+      var exp = JSON.parse(atob(p + '==='.slice((p.length + 3) % 4))).exp;
+      return typeof exp === 'number' ? exp : null;
+    } catch (e) { return null; }
+  }
+
+  function Wshub(opts) {
+    opts = opts || {};
+    var loc = root.location || { protocol: 'http:', host: 'localhost' };
+    this.url = opts.url || (loc.protocol === 'https:' ? 'wss://' : 'ws://') + loc.host + '/ws';
+    this.token = opts.token || null;
+    this.getToken = opts.getToken || null;
+    this.ackBatchMs = opts.ackBatchMs == null ? 200 : opts.ackBatchMs;
+    this.backoffBaseMs = opts.backoffBaseMs || BACKOFF_BASE_MS;
+    this.backoffCapMs = opts.backoffCapMs || BACKOFF_CAP_MS;
+    this.stableMs = opts.stableMs || STABLE_MS;
+    this.storageKey = opts.persist === 'session' ? 'wshub:' + this.url : null;
+
+    this.state = 'closed';
+    this.clientId = null;
+    this.user = null;
+    this.epoch = null;
+    this.channels = [];          // automatic streams from hub:connected
+
+    this._listeners = {};
+    this._ws = null;
+    this._wanted = false;        // connect() called and close() not: keep reconnecting
+    this._everConnected = false;
+    this._attempt = 0;           // backoff exponent
+    this._authRetried = false;   // 4001: getToken is tried again once
+    this._timers = {};
+    this._subs = {};             // channel -> {subscribed, waiters: [{resolve, reject}]}
+    this._unsubs = {};           // channel -> [{resolve, reject}]
+    this._publishes = [];        // [{channel, resolve, reject}] in send order
+    this._acks = [];
+    this._replay = {};           // stream key -> {left, seq}: bump to seq after `left` replays
+    this._pos = { auto: null, chans: {} };  // {seq, epoch} per position key
+    this._recent = [];           // dedupe ring + set
+    this._recentSet = new Set();
+    this._load();
+    var self = this;
+    // Save positions when the page goes away, so that a reload resumes exactly.
+    if (this.storageKey && root.addEventListener) root.addEventListener('pagehide', function () { self._save(); });
+  }
+
+  var P = Wshub.prototype;
+
+  // ---- events ---------------------------------------------------------------------------
+  P.on = function (type, fn) {
+    (this._listeners[type] = this._listeners[type] || []).push(fn);
+    return this;
+  };
+  P.off = function (type, fn) {
+    var l = this._listeners[type];
+    if (l) this._listeners[type] = fn ? l.filter(function (f) { return f !== fn; }) : [];
+    return this;
+  };
+  P._emit = function (type, arg) {
+    var l = (this._listeners[type] || []).slice();
+    for (var i = 0; i < l.length; i++) {
+      try { l[i].call(this, arg); } catch (e) { console.error('wshub listener for', type, e); }
+    }
+    return l.length;
+  };
+  P._setState = function (s) {
+    if (this.state !== s) { this.state = s; this._emit('state', s); }
+  };
+
+  // ---- connection lifecycle -------------------------------------------------------------
+  P.connect = function () {
+    this._wanted = true;
+    if (this._ws || this._timers.retry || this._opening) return this;
+    this._setState(this._everConnected ? 'reconnecting' : 'connecting');
+    this._open();
+    return this;
+  };
+
+  P.close = function () {
+    this._wanted = false;
+    this._opening = false;
+    this._gen = (this._gen || 0) + 1;  // an _open() waiting for getToken gives up
+    this._flushAcks();
+    this._clearTimers();
+    this._save();
+    if (this._ws) { var ws = this._ws; this._ws = null; this._detach(ws); ws.close(1000); }
+    this._failPending(new Error('closed'));
+    this._setState('closed');
+    return this;
+  };
+
+  P._open = async function () {
+    var token = this.token, gen = this._gen;
+    this._opening = true;
+    if (this.getToken) {
+      try { token = await this.getToken(); } catch (e) {
+        if (gen !== this._gen) return;
+        this._opening = false;
+        this._emit('error', { code: 'token', message: String(e && e.message || e) });
+        return this._scheduleRetry();
+      }
+      if (gen !== this._gen) return;
+      this.token = token;
+    }
+    this._opening = false;
+    if (!this._wanted || this._ws) return;
+    var q = [];
+    if (token) q.push('token=' + encodeURIComponent(token));
+    var a = this._pos.auto;
+    this._askedResume = !!(a && a.epoch);
+    if (this._askedResume) q.push('epoch=' + encodeURIComponent(a.epoch), 'since=' + a.seq);
+    var ws;
+    try { ws = new WebSocket(this.url + (q.length ? (this.url.indexOf('?') < 0 ? '?' : '&') + q.join('&') : '')); }
+    catch (e) { return this._scheduleRetry(); }
+    this._ws = ws;
+    var self = this;
+    ws.onmessage = function (ev) { self._onFrame(ev.data); };
+    ws.onclose = function (ev) { self._onClose(ws, ev.code, ev.reason); };
+    ws.onerror = function () { /* onclose follows and decides */ };
+  };
+
+  P._detach = function (ws) { ws.onmessage = ws.onclose = ws.onerror = null; };
+
+  P._onClose = function (ws, code, reason) {
+    if (ws !== this._ws) return;
+    this._ws = null;
+    this._detach(ws);
+    clearTimeout(this._timers.stable); clearTimeout(this._timers.refresh);
+    this._acks = [];             // acks can only go over the connection that delivered them
+    this._failPending(new Error('connection closed (' + code + ')'), true);
+    this._emit('hub:close', { code: code, reason: reason });
+    if (!this._wanted) return this._setState('closed');
+    if (code === 4001 || code === 4002) {
+      // Unauthorized / token expired: ask getToken for a fresh token once, then give up.
+      if (this.getToken && !this._authRetried) {
+        this._authRetried = true;
+        this._setState('reconnecting');
+        return this._open();
+      }
+      this._wanted = false;
+      this._setState('closed');
+      this._emit('error', { code: code === 4001 ? 'unauthorized' : 'token_expired',
+        message: reason || 'the hub refused the token (close ' + code + ')' });
+      return;
+    }
+    // 1001 (hub shutting down), 4003 (slow consumer), 4004, 4005, network errors, …: retry.
+    this._scheduleRetry();
+  };
+
+  // Exponential backoff with full jitter: sleep uniformly in [0, min(cap, base * 2^attempt)].
+  P._scheduleRetry = function () {
+    if (!this._wanted) return;
+    var self = this;
+    var max = Math.min(this.backoffCapMs, this.backoffBaseMs * Math.pow(2, this._attempt++));
+    this._setState('reconnecting');
+    this._timers.retry = setTimeout(function () { self._timers.retry = null; self._open(); },
+      Math.random() * max);
+  };
+
+  P._clearTimers = function () {
+    for (var k in this._timers) { clearTimeout(this._timers[k]); this._timers[k] = null; }
+  };
+
+  P._send = function (obj) {
+    if (!this._ws || this._ws.readyState !== 1) return false;
+    this._ws.send(JSON.stringify(obj));
+    return true;
+  };
+
+  // ---- incoming frames ------------------------------------------------------------------
+  P._onFrame = function (text) {
+    // One JSON object per frame; tolerate several joined by newlines (as the Go hub does).
+    var lines = String(text).split('\n');
+    for (var i = 0; i < lines.length; i++) {
+      if (!lines[i].trim()) continue;
+      var msg;
+      try { msg = JSON.parse(lines[i]); } catch (e) { console.warn('wshub: bad frame', lines[i]); continue; }
+      if (msg && typeof msg.type === 'string' && msg.type.indexOf('hub:') === 0) this._onControl(msg);
+      else if (msg && msg.id != null) this._onNotification(msg);
+    }
+  };
+
+  P._onControl = function (m) {
+    var ch = m.channel, w, i;
+    switch (m.type) {
+      case 'hub:connected':
+        this.clientId = m.client_id; this.user = m.user; this.epoch = m.epoch;
+        this.channels = m.channels || [];
+        this._everConnected = true;
+        this._authRetried = false;
+        this._afterResume(AUTO, m, this._askedResume, { stream: 'auto', channels: this.channels });
+        this._setState('connected');
+        this._stableTimer();
+        this._refreshTimer();
+        this._resubscribe();
+        break;
+      case 'hub:subscribed':
+        if (!this._subs[ch]) break;                      // unsubscribed meanwhile
+        this._subs[ch].subscribed = true;
+        this._afterResume(ch, m, this._subs[ch].askedSince, { stream: ch });
+        w = this._subs[ch].waiters; this._subs[ch].waiters = [];
+        for (i = 0; i < w.length; i++) w[i].resolve(m);
+        break;
+      case 'hub:unsubscribed':
+        w = this._unsubs[ch] || []; delete this._unsubs[ch];
+        for (i = 0; i < w.length; i++) w[i].resolve(m);
+        break;
+      case 'hub:published':
+        this._takePublish(ch, function (p) { p.resolve(m); });
+        break;
+      case 'hub:error':
+        this._onError(m);
+        this._emit('error', m);
+        break;
+    }
+    this._emit(m.type, m);
+    this._emit('hub:*', m);
+  };
+
+  // Settle the pending request a hub:error answers: matched by `channel`, and by `request`
+  // (the request's type) when the hub names it; otherwise by what is pending for that channel.
+  P._onError = function (m) {
+    var ch = m.channel, req = m.request, err = new Error(m.message || m.code), w, i;
+    err.code = m.code; err.frame = m;
+    if (ch == null) return;
+    if (req && typeof req === 'object') req = req.type;
+    var sub = this._subs[ch], pendingSub = !!(sub && !sub.subscribed);
+    if (!req) {
+      req = m.code === 'publish_forbidden' ? 'publish'
+        : pendingSub ? 'subscribe' : this._unsubs[ch] ? 'unsubscribe' : 'publish';
+    }
+    if (req === 'publish') {
+      this._takePublish(ch, function (p) { p.reject(err); });
+    } else if (req === 'unsubscribe' && this._unsubs[ch]) {
+      w = this._unsubs[ch]; delete this._unsubs[ch];
+      for (i = 0; i < w.length; i++) (m.code === 'not_subscribed' ? w[i].resolve(m) : w[i].reject(err));
+    } else if (req === 'subscribe' && pendingSub) {
+      // A refused subscription is dropped: it is not retried on reconnect.
+      w = sub.waiters; delete this._subs[ch]; delete this._pos.chans[ch]; this._scheduleSave();
+      for (i = 0; i < w.length; i++) w[i].reject(err);
+    }
+  };
+
+  P._takePublish = function (ch, fn) {
+    for (var i = 0; i < this._publishes.length; i++) {
+      if (this._publishes[i].channel === ch) { fn(this._publishes.splice(i, 1)[0]); return true; }
+    }
+    return false;
+  };
+
+  // hub:connected / hub:subscribed: learn the epoch and position, report recovery.
+  // `asked`: a resume (since + epoch) was sent for this stream.
+  P._afterResume = function (key, m, asked, info) {
+    delete this._replay[key];
+    if (asked && m.recovered === true) {
+      // Replayed events follow; once all `replayed` of them arrived we are at `seq`.
+      if (m.replayed > 0) this._replay[key] = { left: m.replayed, seq: m.seq, epoch: m.epoch };
+      else this._setPos(key, m.seq, m.epoch);
+      this._emit('recovered', { stream: info.stream, channels: info.channels, recovered: true, replayed: m.replayed || 0 });
+      return;
+    }
+    // Fresh start, or recovery failed (new epoch, history trimmed): start from the hub's now.
+    if (key === AUTO) this._pos.auto = null; else delete this._pos.chans[key];
+    this._setPos(key, m.seq, m.epoch);
+    if (asked) {
+      // recovered:false (or a hub that ignored the resume): events may be lost.
+      info.epoch = m.epoch;
+      this._emit('recovered', { stream: info.stream, channels: info.channels, recovered: false, replayed: m.replayed || 0 });
+      this._emit('missed', info);
+    }
+  };
+
+  P._setPos = function (key, seq, epoch) {
+    if (typeof seq !== 'number' || epoch == null) return;
+    var cur = key === AUTO ? this._pos.auto : this._pos.chans[key];
+    if (cur && cur.epoch === epoch && cur.seq >= seq) return;
+    if (key === AUTO) this._pos.auto = { seq: seq, epoch: epoch };
+    else this._pos.chans[key] = { seq: seq, epoch: epoch };
+    this._scheduleSave();
+  };
+
+  P._onNotification = function (n) {
+    var stream = n.channel || 'broadcast';
+    var key = isAuto(stream) ? AUTO : stream;
+    if (key === AUTO || this._subs[key]) this._setPos(key, n.seq, n.epoch || this.epoch);
+    var r = this._replay[key];
+    if (r && --r.left <= 0) { delete this._replay[key]; this._setPos(key, r.seq, r.epoch); }
+    // Deduplicate: an event that matched several streams may come once per stream on replay.
+    if (this._recentSet.has(n.id)) return;
+    this._recentSet.add(n.id);
+    this._recent.push(n.id);
+    if (this._recent.length > RECENT_IDS) this._recentSet.delete(this._recent.shift());
+    this._scheduleSave();
+    this._emit(n.type, n);
+    this._emit('*', n);
+    this._queueAck(n.id);
+  };
+
+  // ---- subscriptions, publish -----------------------------------------------------------
+  P.subscribe = function (channel) {
+    var self = this, s = this._subs[channel];
+    if (s && s.subscribed) return Promise.resolve({ type: 'hub:subscribed', channel: channel });
+    if (!s) s = this._subs[channel] = { subscribed: false, waiters: [] };
+    var p = new Promise(function (resolve, reject) { s.waiters.push({ resolve: resolve, reject: reject }); });
+    if (s.waiters.length === 1 && this.state === 'connected') this._sendSubscribe(channel);
+    p.catch(function () {});  // a caller that does not await must not cause "unhandled rejection"
+    return p;
+  };
+
+  P._sendSubscribe = function (channel) {
+    var pos = this._pos.chans[channel], msg = { type: 'subscribe', channel: channel };
+    this._subs[channel].askedSince = !!(pos && pos.epoch);
+    if (pos && pos.epoch) { msg.since = pos.seq; msg.epoch = pos.epoch; }
+    this._send(msg);
+  };
+
+  // After (re)connecting: subscribe again to every channel, resuming each from its position.
+  P._resubscribe = function () {
+    for (var ch in this._subs) { this._subs[ch].subscribed = false; this._sendSubscribe(ch); }
+  };
+
+  P.unsubscribe = function (channel) {
+    var self = this, s = this._subs[channel];
+    delete this._subs[channel]; delete this._pos.chans[channel]; delete this._replay[channel];
+    this._save();
+    if (s) s.waiters.forEach(function (w) { w.reject(new Error('unsubscribed')); });
+    if (this.state !== 'connected') return Promise.resolve({ type: 'hub:unsubscribed', channel: channel });
+    var p = new Promise(function (resolve, reject) {
+      (self._unsubs[channel] = self._unsubs[channel] || []).push({ resolve: resolve, reject: reject });
+    });
+    this._send({ type: 'unsubscribe', channel: channel });
+    p.catch(function () {});
+    return p;
+  };
+
+  P.subscriptions = function () { return Object.keys(this._subs); };
+
+  // Client publish (only where the hub's namespace allows it). Resolves on hub:published.
+  P.publish = function (channel, event, data, message) {
+    var self = this;
+    var msg = { type: 'publish', channel: channel, event: event };
+    if (message != null) msg.message = message;
+    if (data !== undefined) msg.data = data;
+    var p = new Promise(function (resolve, reject) {
+      if (!self._send(msg)) return reject(new Error('not connected'));
+      self._publishes.push({ channel: channel, resolve: resolve, reject: reject });
+    });
+    p.catch(function () {});
+    return p;
+  };
+
+  // Requests in flight when the connection drops: publishes and unsubscribes fail; pending
+  // subscriptions stay (they are sent again on reconnect) unless close() was called.
+  P._failPending = function (err, keepSubs) {
+    var ps = this._publishes; this._publishes = [];
+    ps.forEach(function (p) { p.reject(err); });
+    for (var ch in this._unsubs) this._unsubs[ch].forEach(function (w) { w.resolve({ type: 'hub:unsubscribed', channel: ch }); });
+    this._unsubs = {};
+    if (keepSubs) return;
+    for (ch in this._subs) {
+      var w = this._subs[ch].waiters; this._subs[ch].waiters = [];
+      w.forEach(function (x) { x.reject(err); });
+    }
+  };
+
+  // ---- acks, timers, persistence --------------------------------------------------------
+  P._queueAck = function (id) {
+    var self = this;
+    this._acks.push(String(id));
+    if (!this._timers.ack) this._timers.ack = setTimeout(function () { self._timers.ack = null; self._flushAcks(); }, this.ackBatchMs);
+  };
+
+  // Send queued acks, split so that no frame exceeds the hub's frame-size limit.
+  P._flushAcks = function () {
+    var ids = [], size = 23;                 // {"type":"ack","ids":[]}
+    while (this._acks.length) {
+      var id = this._acks[0], add = JSON.stringify(id).length + 1;
+      if (ids.length && size + add > MAX_FRAME) { this._send({ type: 'ack', ids: ids }); ids = []; size = 23; }
+      ids.push(this._acks.shift()); size += add;
+    }
+    if (ids.length) this._send({ type: 'ack', ids: ids });
+  };
+
+  P._stableTimer = function () {
+    var self = this;
+    clearTimeout(this._timers.stable);
+    this._timers.stable = setTimeout(function () { self._attempt = 0; }, this.stableMs);
+  };
+
+  // With getToken and a JWT carrying `exp`: send a fresh token (`auth`) 30 s before it expires.
+  P._refreshTimer = function () {
+    var self = this, exp = this.getToken && this.token && jwtExp(this.token);
+    clearTimeout(this._timers.refresh);
+    if (!exp) return;
+    var ms = Math.max(1000, exp * 1000 - Date.now() - 30000);
+    this._timers.refresh = setTimeout(async function () {
+      try {
+        var t = await self.getToken();
+        if (t && t !== self.token) { self.token = t; self._send({ type: 'auth', token: t }); }
+      } catch (e) { /* the hub closes with 4002; reconnect asks getToken again */ }
+      self._refreshTimer();
+    }, Math.min(ms, 0x7fffffff));
+  };
+
+  P._scheduleSave = function () {
+    var self = this;
+    if (this.storageKey && !this._timers.save) this._timers.save = setTimeout(function () { self._timers.save = null; self._save(); }, 250);
+  };
+
+  P._save = function () {
+    if (!this.storageKey) return;
+    try {
+      root.sessionStorage.setItem(this.storageKey, JSON.stringify({ pos: this._pos, ids: this._recent }));
+    } catch (e) { /* storage full or disabled: positions stay in memory */ }
+  };
+
+  P._load = function () {
+    if (!this.storageKey) return;
+    try {
+      var s = JSON.parse(root.sessionStorage.getItem(this.storageKey) || 'null');
+      if (!s) return;
+      this._pos = { auto: s.pos && s.pos.auto || null, chans: s.pos && s.pos.chans || {} };
+      this._recent = (s.ids || []).slice(-RECENT_IDS);
+      this._recentSet = new Set(this._recent);
+    } catch (e) { /* ignore a corrupt entry */ }
+  };
+
+  Wshub.isAutoStream = isAuto;
+  root.Wshub = Wshub;
+})(typeof globalThis !== 'undefined' ? globalThis : window);
