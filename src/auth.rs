@@ -24,6 +24,9 @@ pub struct Identity {
     pub channels: Vec<String>,
     /// Expiry, Unix seconds.
     pub exp: Option<u64>,
+    /// An operator connection (`/ws?api_key=`): may subscribe `admin:*` channels such as the
+    /// dashboard's live stats.
+    pub operator: bool,
 }
 
 impl Identity {
@@ -141,7 +144,7 @@ impl Verifier {
                 roles.push(role);
             }
         }
-        Ok(Identity { user: Some(user), roles, channels: c.channels, exp: Some(c.exp) })
+        Ok(Identity { user: Some(user), roles, channels: c.channels, exp: Some(c.exp), operator: false })
     }
 }
 
@@ -189,7 +192,7 @@ pub fn may_subscribe(who: &Identity, channel: &str, namespaces: &Namespaces) -> 
         return Err(forbidden());
     }
     if channel.starts_with("admin:") {
-        return if who.roles.iter().any(|r| r == "admin") { Ok(()) } else { Err(forbidden()) };
+        return if who.operator || who.roles.iter().any(|r| r == "admin") { Ok(()) } else { Err(forbidden()) };
     }
     let allowed = match namespaces.find(channel) {
         None => true,
@@ -238,6 +241,18 @@ pub enum ApiKeyError {
         "no API key is configured, so only loopback clients may publish or administer; start wshub with --api-key (or WSHUB_API_KEY) to allow remote publishers"
     )]
     NotLoopback,
+}
+
+/// Decides whether a WebSocket upgrade that presented `?api_key=` is an operator connection: the
+/// same rule as publishers (the configured key, compared in constant time; without a configured
+/// key, any value from loopback). Connections that do not ask are never operators.
+pub fn check_operator(configured: Option<&str>, presented: &str, peer: SocketAddr) -> Result<(), AuthError> {
+    check_api_key(configured, Some(presented), peer).map_err(|err| match err {
+        ApiKeyError::Unauthorized => AuthError::Invalid("wrong api_key".into()),
+        ApiKeyError::NotLoopback => AuthError::Invalid(
+            "no API key is configured, so operator connections (?api_key=) are accepted only from loopback".into(),
+        ),
+    })
 }
 
 /// Applies the publisher rule: the configured key (compared in constant time), else loopback only.
@@ -318,6 +333,41 @@ mod tests {
             assert_eq!(check_api_key(None, Some("anything"), peer), Err(ApiKeyError::NotLoopback), "{peer}");
         }
         assert!(ApiKeyError::NotLoopback.to_string().contains("--api-key"), "the 403 says how to set a key");
+    }
+
+    #[test]
+    fn only_operators_and_admins_may_subscribe_admin_channels() {
+        let ns = Namespaces::default();
+        let operator = Identity { operator: true, ..Default::default() };
+        let admin = user("root", &["admin"]);
+        let customer = user("alice", &["customer"]);
+        for channel in ["admin:dashboard", "admin:audit"] {
+            assert!(may_subscribe(&operator, channel, &ns).is_ok(), "{channel}");
+            assert!(may_subscribe(&admin, channel, &ns).is_ok(), "{channel}");
+            assert_eq!(may_subscribe(&customer, channel, &ns), Err(SubscribeError::Forbidden(channel.into())));
+            assert!(may_subscribe(&Identity::default(), channel, &ns).is_err(), "{channel}");
+        }
+        // Being an operator opens admin channels only, not other people's streams.
+        assert!(may_subscribe(&operator, "user:alice", &ns).is_err());
+        assert!(may_subscribe(&operator, "role:admin", &ns).is_err());
+        assert!(may_subscribe(&operator, "private:x", &ns).is_err());
+        let operator_customer = Identity { operator: true, ..customer };
+        assert!(may_subscribe(&operator_customer, "admin:dashboard", &ns).is_ok());
+    }
+
+    #[test]
+    fn operator_rule_is_the_api_key_rule() {
+        let lo: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        let remote: SocketAddr = "192.0.2.1:1".parse().expect("addr");
+        assert!(check_operator(Some("k"), "k", remote).is_ok());
+        assert!(check_operator(Some("k"), "k", lo).is_ok());
+        assert!(matches!(check_operator(Some("k"), "x", lo), Err(AuthError::Invalid(_))));
+        assert!(matches!(check_operator(Some("k"), "", lo), Err(AuthError::Invalid(_))));
+        assert!(matches!(check_operator(Some("k"), "kk", remote), Err(AuthError::Invalid(_))));
+        assert!(check_operator(None, "", lo).is_ok());
+        assert!(check_operator(None, "anything", "[::1]:1".parse().expect("addr")).is_ok());
+        let err = check_operator(None, "", remote).expect_err("remote without a configured key");
+        assert!(err.to_string().contains("loopback"), "{err}");
     }
 
     fn hs256(claims: serde_json::Value) -> String {

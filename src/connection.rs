@@ -5,17 +5,16 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::time::{Instant, sleep_until, timeout};
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::app::AppState;
@@ -32,27 +31,66 @@ const ACK_MEMORY: usize = 256;
 /// Time allowed for the close frame once a connection is being closed.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
-/// State shared by a connection's two tasks and the hub: the close signal and last activity.
+/// Seqs of the last events written to a connection; only those can be acknowledged by it.
+const WRITTEN_MEMORY: usize = 64;
+
+/// State shared by a connection's two tasks and the hub: the close signal, last activity, and
+/// the recently written events. Kept small: every idle connection holds one.
 pub struct ConnShared {
-    token: CancellationToken,
+    stopped: AtomicBool,
+    wake: Notify,
     reason: AtomicU16,
     last_activity_ms: AtomicU64,
+    written: Mutex<VecDeque<u64>>,
 }
 
 impl ConnShared {
     fn new() -> Self {
-        Self { token: CancellationToken::new(), reason: AtomicU16::new(0), last_activity_ms: AtomicU64::new(unix_ms()) }
+        Self {
+            stopped: AtomicBool::new(false),
+            wake: Notify::new(),
+            reason: AtomicU16::new(0),
+            last_activity_ms: AtomicU64::new(unix_ms()),
+            written: Mutex::new(VecDeque::new()),
+        }
     }
 
     /// Closes the connection with `reason` (the first reason given wins).
     pub fn close(&self, reason: CloseReason) {
         let _ = self.reason.compare_exchange(0, reason.code(), Ordering::AcqRel, Ordering::Acquire);
-        self.token.cancel();
+        self.stop();
     }
 
     /// Ends both tasks without a close frame (the peer is gone).
     fn stop(&self) {
-        self.token.cancel();
+        self.stopped.store(true, Ordering::Release);
+        self.wake.notify_waiters();
+    }
+
+    /// Resolves once the connection is stopping.
+    async fn stopping(&self) {
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.stopped.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn record_written(&self, seq: u64) {
+        if let Ok(mut written) = self.written.lock() {
+            if written.len() == WRITTEN_MEMORY {
+                written.pop_front();
+            }
+            written.push_back(seq);
+        }
+    }
+
+    fn was_written(&self, seq: u64) -> bool {
+        self.written.lock().is_ok_and(|w| w.contains(&seq))
     }
 
     fn reason(&self) -> Option<CloseReason> {
@@ -83,36 +121,36 @@ pub enum Handshake {
     Refused(AuthError),
 }
 
-/// Serves one upgraded socket until it closes.
-pub async fn serve(
+/// Serves one upgraded socket until it closes. The socket is split (moved to the heap) before
+/// the connection's future is built, so idle connections do not carry it twice.
+pub fn serve(
     socket: WebSocket,
     app: Arc<AppState>,
     handshake: Handshake,
     remote: SocketAddr,
     resume: Option<Resume>,
-) {
+) -> impl Future<Output = ()> {
+    let (sink, stream) = socket.split();
     let id = app.hub.next_id();
     let span =
         tracing::info_span!("conn", client = %app.hub.client_id(id), peer = %remote, user = tracing::field::Empty);
-    serve_inner(socket, app, handshake, remote, resume, id).instrument(span).await;
+    serve_inner(sink, stream, app, handshake, (remote, resume, id)).instrument(span)
 }
 
 async fn serve_inner(
-    socket: WebSocket,
+    mut sink: SplitSink<WebSocket, Message>,
+    mut stream: SplitStream<WebSocket>,
     app: Arc<AppState>,
     handshake: Handshake,
-    remote: SocketAddr,
-    resume: Option<Resume>,
-    id: ConnId,
+    (remote, resume, id): (SocketAddr, Option<Resume>, ConnId),
 ) {
     let started = Instant::now();
-    let (mut sink, mut stream) = socket.split();
     let identity = match handshake {
         Handshake::Identified(identity) => identity.unwrap_or_default(),
-        Handshake::Refused(err) => return refuse(&app, &mut sink, &err).await,
-        Handshake::AwaitAuth => match await_auth(&app, &mut stream).await {
+        Handshake::Refused(err) => return Box::pin(refuse(&app, &mut sink, &err)).await,
+        Handshake::AwaitAuth => match Box::pin(await_auth(&app, &mut stream)).await {
             Ok(identity) => identity,
-            Err(err) => return refuse(&app, &mut sink, &err).await,
+            Err(err) => return Box::pin(refuse(&app, &mut sink, &err)).await,
         },
     };
     if let Some(user) = &identity.user {
@@ -140,7 +178,7 @@ async fn serve_inner(
     app.hub.send(Command::Unregister(id)).await;
     let _ = writer.await;
     if shared.reason().is_some() {
-        drain_until_closed(&mut stream).await;
+        Box::pin(drain_until_closed(&mut stream)).await;
     }
     let reason = shared.reason().map_or("peer closed", CloseReason::text);
     tracing::info!(reason, duration_ms = started.elapsed().as_millis() as u64, "connection closed");
@@ -211,7 +249,7 @@ async fn write_loop(
     loop {
         let result = tokio::select! {
             biased;
-            _ = shared.token.cancelled() => break,
+            _ = shared.stopping() => break,
             out = rx.recv() => {
                 let Some(out) = out else { break };
                 batch.clear();
@@ -224,7 +262,7 @@ async fn write_loop(
                 }
                 let sent = timeout(write_timeout, send_all(&mut sink, &batch)).await;
                 if matches!(sent, Ok(Ok(()))) {
-                    count_written(&batch, &metrics);
+                    count_written(&batch, &metrics, &shared);
                 }
                 sent
             }
@@ -237,6 +275,15 @@ async fn write_loop(
         }
     }
     if let Some(reason) = shared.reason() {
+        // Frames queued before the close (such as the hub:error that explains it) go first,
+        // unless the reason is that the client does not read them.
+        if reason != CloseReason::SlowConsumer {
+            batch.clear();
+            while let Ok(out) = rx.try_recv() {
+                collect(&mut batch, out);
+            }
+            let _ = timeout(CLOSE_WAIT, send_all(&mut sink, &batch)).await;
+        }
         let _ = timeout(CLOSE_WAIT, sink.send(close_message(reason))).await;
     }
 }
@@ -251,7 +298,7 @@ fn collect(batch: &mut Vec<Outbound>, out: Outbound) {
 async fn send_all(sink: &mut SplitSink<WebSocket, Message>, batch: &[Outbound]) -> Result<(), axum::Error> {
     for item in batch {
         let frame = match item {
-            Outbound::Frame(frame) => frame.clone(),
+            Outbound::Frame(frame) => Utf8Bytes::clone(frame),
             Outbound::Event(delivery, index) => delivery.frames[*index as usize].clone(),
             Outbound::Batch(_) => continue,
         };
@@ -261,11 +308,12 @@ async fn send_all(sink: &mut SplitSink<WebSocket, Message>, batch: &[Outbound]) 
 }
 
 /// Counts written events for receipts, and samples latency once per write.
-fn count_written(batch: &[Outbound], metrics: &Metrics) {
+fn count_written(batch: &[Outbound], metrics: &Metrics, shared: &ConnShared) {
     let mut sampled = false;
     for item in batch {
         if let Outbound::Event(delivery, _) = item {
             delivery.event.receipt.written.fetch_add(1, Ordering::Relaxed);
+            shared.record_written(delivery.event.seq);
             if !sampled {
                 metrics.delivery_latency.observe(delivery.received.elapsed().as_secs_f64());
                 sampled = true;
@@ -292,7 +340,7 @@ impl Reader {
             let expiry = expiry_deadline(&self.identity);
             let next = tokio::select! {
                 biased;
-                _ = self.shared.token.cancelled() => return,
+                _ = self.shared.stopping() => return,
                 _ = sleep_until(expiry.unwrap_or_else(far_future)), if expiry.is_some() => {
                     self.send(error_frame("token_expired", "token expired; send a fresh auth before exp", None));
                     self.shared.close(CloseReason::TokenExpired);
@@ -308,7 +356,9 @@ impl Reader {
             };
             self.shared.touch();
             match message {
-                Message::Text(text) => self.on_text(&text).await,
+                // Boxed: client frames are rare for a listening client, and keeping this future out
+                // of the connection's state machine saves memory on every idle connection.
+                Message::Text(text) => Box::pin(self.on_text(&text)).await,
                 Message::Binary(_) => return self.shared.close(CloseReason::Policy),
                 Message::Close(_) => return,
                 Message::Ping(_) | Message::Pong(_) => {}
@@ -334,7 +384,7 @@ impl Reader {
 
     /// Queues an answer; a full queue means the client is not reading, so it is dropped.
     fn send(&self, frame: Utf8Bytes) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(Outbound::Frame(frame)) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(Outbound::frame(frame)) {
             self.shared.close(CloseReason::SlowConsumer);
         }
     }
@@ -376,11 +426,16 @@ impl Reader {
         self.app.hub.send(Command::Subscribe { id: self.id, channel, resume }).await;
     }
 
-    /// Records receipts, each event at most once per connection (within the last [`ACK_MEMORY`]).
+    /// Records receipts: only for events written to this connection (among its last
+    /// [`WRITTEN_MEMORY`]), each at most once (within the last [`ACK_MEMORY`]).
     async fn ack(&mut self, ids: Vec<String>) {
         let mut fresh = Vec::with_capacity(ids.len());
         for id in ids.into_iter().take(ACK_MEMORY) {
-            if !self.acked.contains(&id) {
+            let written = match self.app.engine.find(id.clone()).await {
+                Ok(Some(event)) => self.shared.was_written(event.seq),
+                _ => false,
+            };
+            if written && !self.acked.contains(&id) {
                 if self.acked.len() == ACK_MEMORY {
                     self.acked.pop_front();
                 }
@@ -412,13 +467,7 @@ impl Reader {
         }
     }
 
-    async fn publish(
-        &mut self,
-        channel: String,
-        event: String,
-        message: String,
-        data: Option<Box<serde_json::value::RawValue>>,
-    ) {
+    async fn publish(&mut self, channel: String, event: String, message: String, data: Option<serde_json::Value>) {
         let allowed = self.app.config.namespaces.find(&channel).is_some_and(|ns| ns.publish)
             && may_subscribe(&self.identity, &channel, &self.app.config.namespaces).is_ok();
         if !allowed {
@@ -439,7 +488,10 @@ impl Reader {
         let new = NewEvent {
             kind: event,
             message,
-            data: data.unwrap_or_else(crate::protocol::empty_object),
+            data: data
+                .filter(|d| !d.is_null())
+                .and_then(|d| serde_json::value::to_raw_value(&d).ok())
+                .unwrap_or_else(crate::protocol::empty_object),
             targets: vec![channel.clone()],
             from: self.identity.user.clone(),
             exclude: Some(self.app.hub.client_id(self.id)),

@@ -76,7 +76,8 @@ impl History {
         let mut popped = Vec::new();
         for target in &event.targets {
             let limit = size_of(target).unwrap_or(self.default_size).max(1);
-            let floor = self.restored_floor;
+            // A stream that comes back after being forgotten may have lost events before.
+            let floor = self.restored_floor.max(self.forgotten_upto);
             let stream = self
                 .streams
                 .entry(target.clone())

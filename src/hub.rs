@@ -40,12 +40,25 @@ const COMMAND_QUEUE: usize = 4096;
 /// What goes into a connection's send queue.
 #[derive(Debug)]
 pub enum Outbound {
-    /// A control frame (`hub:*`) or a replayed event.
-    Frame(Utf8Bytes),
+    /// A control frame (`hub:*`) or a replayed event. Boxed, like `Batch`, to keep queue
+    /// slots at 16 bytes: every connection's queue allocates its first block of slots up front.
+    Frame(Box<Utf8Bytes>),
     /// A live event: frame `index` of the delivery; the writer counts it as written.
     Event(Arc<Delivery>, u32),
     /// Items that must stay together (a resume reply and its replay); takes one slot.
-    Batch(Vec<Outbound>),
+    Batch(Box<Vec<Outbound>>),
+}
+
+impl Outbound {
+    /// A single control frame.
+    pub fn frame(frame: Utf8Bytes) -> Self {
+        Self::Frame(Box::new(frame))
+    }
+
+    /// Items sent together.
+    pub fn batch(items: Vec<Outbound>) -> Self {
+        Self::Batch(Box::new(items))
+    }
 }
 
 /// Where a resume starts.
@@ -80,6 +93,8 @@ pub struct ClientInfo {
     pub client_id: String,
     /// User (token `sub`).
     pub user: Option<String>,
+    /// First role (as in `hub:connected`).
+    pub role: Option<String>,
     /// Roles.
     pub roles: Vec<String>,
     /// Subscribed channels (automatic streams not included).
@@ -196,6 +211,14 @@ pub enum Command {
         /// Reply.
         reply: oneshot::Sender<(HubStats, HashMap<String, PresenceSnapshot>)>,
     },
+    /// Sends a control frame to the local subscribers of a stream, bypassing the engine (no seq,
+    /// no history): live operator data such as the dashboard's `hub:stats`.
+    Control {
+        /// Stream.
+        stream: String,
+        /// The frame.
+        frame: Utf8Bytes,
+    },
     /// Close every connection with 1001 and stop.
     Shutdown,
 }
@@ -293,10 +316,15 @@ struct Conn {
     remote: SocketAddr,
     connected_at_ms: u64,
     channels: Vec<String>,
-    last_seq: u64,
+    /// The fan-out round of the last event offered, so an event matching several of the
+    /// connection's streams goes out once (rounds never repeat, unlike seqs after a reset).
+    last_round: u64,
     pending: Vec<Pending>,
     /// Seqs sent live while a resume is pending, so the replay does not send them again.
     live_seqs: Vec<u64>,
+    /// Events of the automatic streams after this seq reached this connection through them
+    /// (live or by the connect replay), so a channel replay must not send them again.
+    auto_floor: u64,
 }
 
 enum Offer {
@@ -307,12 +335,12 @@ enum Offer {
 
 impl Conn {
     /// Offers one event through `stream`; at most once per event however many streams match.
-    fn offer(&mut self, delivery: &Arc<Delivery>, index: u32, stream: &str) -> Offer {
+    fn offer(&mut self, delivery: &Arc<Delivery>, index: u32, stream: &str, round: u64) -> Offer {
         let seq = delivery.event.seq;
-        if self.last_seq == seq {
+        if self.last_round == round {
             return Offer::Skipped;
         }
-        self.last_seq = seq;
+        self.last_round = round;
         if let Some(p) = self.pending.iter_mut().find(|p| p.streams.iter().any(|s| s == stream)) {
             p.buffer.push((Arc::clone(delivery), index));
             return Offer::Sent;
@@ -345,12 +373,23 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     namespaces: Namespaces,
     next_ticket: u64,
+    /// Fan-out rounds so far (one per delivered event).
+    round: u64,
 }
 
 impl Hub {
     /// A hub delivering for `engine`.
     pub fn new(handle: HubHandle, engine: Arc<dyn Engine>, metrics: Arc<Metrics>, namespaces: Namespaces) -> Self {
-        Self { conns: HashMap::new(), streams: HashMap::new(), engine, handle, metrics, namespaces, next_ticket: 0 }
+        Self {
+            conns: HashMap::new(),
+            streams: HashMap::new(),
+            engine,
+            handle,
+            metrics,
+            namespaces,
+            next_ticket: 0,
+            round: 0,
+        }
     }
 
     /// Runs until a `Shutdown` command or until every handle is dropped.
@@ -407,6 +446,7 @@ impl Hub {
                     .collect();
                 let _ = reply.send((self.stats(), presence));
             }
+            Command::Control { stream, frame } => self.control(&stream, &frame),
             Command::Shutdown => {}
         }
     }
@@ -420,6 +460,8 @@ impl Hub {
 
     /// Fans one event out to every connection in any of its target streams, once each.
     fn deliver(&mut self, d: &Arc<Delivery>) -> usize {
+        self.round += 1;
+        let round = self.round;
         let skip = d.event.exclude.as_deref().and_then(|c| self.local_id(c));
         let mut sent = 0;
         let mut dropped = Vec::new();
@@ -427,7 +469,7 @@ impl Hub {
             if Some(id) == skip {
                 return;
             }
-            match conn.offer(d, index, stream) {
+            match conn.offer(d, index, stream, round) {
                 Offer::Skipped => {}
                 Offer::Sent => sent += 1,
                 Offer::Dropped(reason) => dropped.push((id, reason)),
@@ -469,9 +511,13 @@ impl Hub {
             remote: new.remote,
             connected_at_ms: now_ms,
             channels: Vec::new(),
-            last_seq: 0,
+            last_round: 0,
             pending: Vec::new(),
             live_seqs: Vec::new(),
+            auto_floor: match &new.resume {
+                Some(r) if r.epoch.as_deref() == Some(self.engine.epoch().as_str()) => r.since,
+                _ => self.engine.current_seq(),
+            },
         };
         let auto = conn.identity.auto_streams();
         self.conns.insert(id, conn);
@@ -482,9 +528,14 @@ impl Hub {
         self.metrics.connections_total.inc();
         match new.resume {
             Some(resume) => self.start_pending(id, PendingKind::Connect, auto, resume),
+            // A clustered engine confirms the node's subscriptions first, so nothing published
+            // after `hub:connected` can be missed.
+            None if self.engine.confirms_subscriptions() => {
+                self.start_pending_since(id, PendingKind::Connect, auto, None, true);
+            }
             None => {
                 let frame = self.connected_frame(id, None);
-                self.push_or_drop(id, Outbound::Frame(frame));
+                self.push_or_drop(id, Outbound::frame(frame));
             }
         }
     }
@@ -558,14 +609,19 @@ impl Hub {
         };
         let mut events = Vec::new();
         let mut replayed_seqs = Vec::new();
+        let auto = match pending.kind {
+            PendingKind::Subscribe(_) => conn.identity.auto_streams(),
+            PendingKind::Connect => Vec::new(),
+        };
         if let Some(since) = pending.since.filter(|_| pending.epoch_ok) {
             for event in replay.events.iter().filter(|e| e.seq > since) {
-                if conn.live_seqs.contains(&event.seq) {
+                let via_auto = event.seq > conn.auto_floor && event.targets.iter().any(|t| auto.contains(t));
+                if via_auto || conn.live_seqs.contains(&event.seq) {
                     continue;
                 }
                 let label =
                     pending.streams.iter().find(|s| event.targets.contains(s)).map_or(BROADCAST, String::as_str);
-                events.push(Outbound::Frame(event.frame(label, &epoch)));
+                events.push(Outbound::frame(event.frame(label, &epoch)));
                 replayed_seqs.push(event.seq);
             }
         }
@@ -583,9 +639,9 @@ impl Hub {
             PendingKind::Subscribe(channel) => subscribed_frame(channel, &epoch, replay.head, recovery),
         };
         let mut items = Vec::with_capacity(events.len() + 1);
-        items.push(Outbound::Frame(reply));
+        items.push(Outbound::frame(reply));
         items.extend(events);
-        self.push_or_drop(id, Outbound::Batch(items));
+        self.push_or_drop(id, Outbound::batch(items));
     }
 
     fn subscribe(&mut self, id: ConnId, channel: String, resume: Option<Resume>) {
@@ -595,7 +651,7 @@ impl Hub {
         let known = conn.in_stream(&channel);
         if !known && conn.channels.len() >= MAX_SUBSCRIPTIONS {
             let msg = format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection");
-            self.push_or_drop(id, Outbound::Frame(error_frame("limit", &msg, Some(&channel))));
+            self.push_or_drop(id, Outbound::frame(error_frame("limit", &msg, Some(&channel))));
             return;
         }
         if !known {
@@ -625,7 +681,7 @@ impl Hub {
             }
             None => error_frame("not_subscribed", "not subscribed to this channel", Some(channel)),
         };
-        self.push_or_drop(id, Outbound::Frame(frame));
+        self.push_or_drop(id, Outbound::frame(frame));
     }
 
     fn identify(&mut self, id: ConnId, identity: Identity) {
@@ -649,7 +705,7 @@ impl Hub {
         for stream in new.difference(&old) {
             self.join(id, stream);
         }
-        self.push_or_drop(id, Outbound::Frame(frame));
+        self.push_or_drop(id, Outbound::frame(frame));
     }
 
     fn join(&mut self, id: ConnId, stream: &str) {
@@ -698,7 +754,15 @@ impl Hub {
         let frame = to_frame(&json!({"type": kind, "channel": stream, "user": user}));
         let targets: Vec<ConnId> = others.copied().collect();
         for target in targets {
-            self.push_or_drop(target, Outbound::Frame(frame.clone()));
+            self.push_or_drop(target, Outbound::frame(frame.clone()));
+        }
+    }
+
+    /// Queues a control frame to every local subscriber of `stream`.
+    fn control(&mut self, stream: &str, frame: &Utf8Bytes) {
+        let targets: Vec<ConnId> = self.streams.get(stream).map(|s| s.iter().copied().collect()).unwrap_or_default();
+        for id in targets {
+            self.push_or_drop(id, Outbound::frame(frame.clone()));
         }
     }
 
@@ -760,6 +824,7 @@ impl Hub {
             .map(|(id, c)| ClientInfo {
                 client_id: self.handle.client_id(*id),
                 user: c.identity.user.clone(),
+                role: c.identity.role().map(str::to_string),
                 roles: c.identity.roles.clone(),
                 channels: c.channels.clone(),
                 remote: c.remote.to_string(),

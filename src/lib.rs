@@ -28,6 +28,7 @@ pub mod idempotency;
 pub mod metrics;
 pub mod namespace;
 pub mod protocol;
+pub mod stats;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -95,6 +96,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
         shutdown: shutdown.clone(),
         connections: TaskTracker::new(),
     });
+    tokio::spawn(stats::run(Arc::clone(&app)));
     let router = http::router(Arc::clone(&app));
     let service = router.into_make_service_with_connect_info::<SocketAddr>();
     let server_stop = CancellationToken::new();

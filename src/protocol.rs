@@ -69,8 +69,8 @@ pub enum ClientMessage {
         /// Optional text.
         #[serde(default)]
         message: String,
-        /// Optional payload.
-        data: Option<Box<RawValue>>,
+        /// Optional payload (a `Value`: serde cannot buffer a `RawValue` in a tagged enum).
+        data: Option<serde_json::Value>,
     },
     /// Delivery receipt for one or several notifications.
     Ack {

@@ -19,9 +19,8 @@ async fn every_client_receives_a_notification_with_id_and_timestamp() {
     for _ in 0..5 {
         clients.push(hub.client().await);
     }
-    let (status, answer) = hub
-        .notify(json!({"type": "reserva_creada", "message": "Nueva reserva", "data": {"id": 7}}))
-        .await;
+    let (status, answer) =
+        hub.notify(json!({"type": "reserva_creada", "message": "Nueva reserva", "data": {"id": 7}})).await;
     assert_eq!(status, 200);
     assert_eq!(answer["recipients"], 5);
     assert_eq!(answer["success"], true);
@@ -55,9 +54,7 @@ async fn missing_message_and_data_get_defaults() {
 async fn a_batch_is_published_in_order_with_one_result_each() {
     let hub = TestHub::start(&[]).await;
     let mut c = hub.client().await;
-    let batch: Vec<Value> = (0..20)
-        .map(|i| json!({"type": "n", "data": {"i": i}}))
-        .collect();
+    let batch: Vec<Value> = (0..20).map(|i| json!({"type": "n", "data": {"i": i}})).collect();
     let (status, answer) = hub.notify(Value::Array(batch)).await;
     assert_eq!(status, 200);
     let results = answer.as_array().expect("array of results");
@@ -79,9 +76,7 @@ async fn raw_post(
     body: &str,
 ) -> (u16, reqwest::header::HeaderMap, Value) {
     let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-    let mut req = reqwest::Client::new()
-        .request(method, hub.url(path))
-        .body(body.to_string());
+    let mut req = reqwest::Client::new().request(method, hub.url(path)).body(body.to_string());
     if let Some(ct) = content_type {
         req = req.header("content-type", ct);
     }
@@ -100,107 +95,31 @@ async fn bad_input_gets_a_clear_status_and_json_error_and_publishes_nothing() {
     type Case<'a> = (&'a str, &'a str, Option<&'a str>, &'a str, u16, &'a str);
     let cases: &[Case] = &[
         ("POST", "/notify", json_ct, "not json", 400, "invalid JSON"),
-        (
-            "POST",
-            "/notify",
-            json_ct,
-            r#"{"message":"x"}"#,
-            400,
-            "`type` is required",
-        ),
-        (
-            "POST",
-            "/notify",
-            json_ct,
-            r#"{"type":""}"#,
-            400,
-            "`type` must not be empty",
-        ),
-        (
-            "POST",
-            "/notify",
-            json_ct,
-            r#"{"type":3}"#,
-            400,
-            "`type` must be a string",
-        ),
-        (
-            "POST",
-            "/notify",
-            json_ct,
-            r#"{"type":"t","message":5}"#,
-            400,
-            "`message` must be a string",
-        ),
-        (
-            "POST",
-            "/notify",
-            json_ct,
-            r#""just a string""#,
-            400,
-            "JSON object",
-        ),
-        (
-            "POST",
-            "/notify",
-            json_ct,
-            r#"{"type":"hub:connected"}"#,
-            400,
-            "hub:",
-        ),
-        (
-            "POST",
-            "/notify",
-            json_ct,
-            r#"[{"type":"ok"},{"type":"ok"},{"nope":1}]"#,
-            400,
-            "item 2",
-        ),
-        (
-            "POST",
-            "/notify",
-            Some("text/plain"),
-            r#"{"type":"t"}"#,
-            415,
-            "application/json",
-        ),
-        (
-            "POST",
-            "/notify",
-            None,
-            r#"{"type":"t"}"#,
-            415,
-            "application/json",
-        ),
+        ("POST", "/notify", json_ct, r#"{"message":"x"}"#, 400, "`type` is required"),
+        ("POST", "/notify", json_ct, r#"{"type":""}"#, 400, "`type` must not be empty"),
+        ("POST", "/notify", json_ct, r#"{"type":3}"#, 400, "`type` must be a string"),
+        ("POST", "/notify", json_ct, r#"{"type":"t","message":5}"#, 400, "`message` must be a string"),
+        ("POST", "/notify", json_ct, r#""just a string""#, 400, "JSON object"),
+        ("POST", "/notify", json_ct, r#"{"type":"hub:connected"}"#, 400, "hub:"),
+        ("POST", "/notify", json_ct, r#"[{"type":"ok"},{"type":"ok"},{"nope":1}]"#, 400, "item 2"),
+        ("POST", "/notify", Some("text/plain"), r#"{"type":"t"}"#, 415, "application/json"),
+        ("POST", "/notify", None, r#"{"type":"t"}"#, 415, "application/json"),
         ("GET", "/notify", None, "", 405, "method not allowed"),
         ("POST", "/nowhere", json_ct, "{}", 404, "no such endpoint"),
     ];
     for (method, path, ct, body, status, text) in cases {
         let (got, headers, answer) = raw_post(&hub, method, path, *ct, body).await;
         assert_eq!(got, *status, "{method} {path} {body}: {answer}");
-        let error = answer["error"]
-            .as_str()
-            .unwrap_or_else(|| panic!("JSON error for {body}: {answer}"));
-        assert!(
-            error.contains(text),
-            "{body}: {error:?} should mention {text:?}"
-        );
+        let error = answer["error"].as_str().unwrap_or_else(|| panic!("JSON error for {body}: {answer}"));
+        assert!(error.contains(text), "{body}: {error:?} should mention {text:?}");
         if *status == 405 {
-            assert_eq!(
-                headers.get("allow").and_then(|v| v.to_str().ok()),
-                Some("POST")
-            );
+            assert_eq!(headers.get("allow").and_then(|v| v.to_str().ok()), Some("POST"));
         }
     }
     let big = format!(r#"{{"type":"t","message":"{}"}}"#, "x".repeat(2000));
     let (got, _, answer) = raw_post(&hub, "POST", "/notify", json_ct, &big).await;
     assert_eq!(got, 413, "{answer}");
-    assert!(
-        answer["error"]
-            .as_str()
-            .expect("error")
-            .contains("--max-body-bytes")
-    );
+    assert!(answer["error"].as_str().expect("error").contains("--max-body-bytes"));
     c.assert_no_event().await;
     let (status, _) = hub.notify(json!({"type": "after"})).await;
     assert_eq!(status, 200);
@@ -225,17 +144,10 @@ async fn invalid_utf8_closes_with_1007_and_binary_with_1008() {
     let hub = TestHub::start(&[]).await;
     let mut bad = hub.client().await;
     let frame = Frame::message(vec![0xff, 0xfe, 0xfd], OpCode::Data(Data::Text), true);
-    bad.ws
-        .send(Message::Frame(frame))
-        .await
-        .expect("send raw frame");
+    bad.ws.send(Message::Frame(frame)).await.expect("send raw frame");
     assert_eq!(bad.ended().await, Ended::Closed(1007));
     let mut binary = hub.client().await;
-    binary
-        .ws
-        .send(Message::Binary(vec![1, 2, 3].into()))
-        .await
-        .expect("send");
+    binary.ws.send(Message::Binary(vec![1, 2, 3].into())).await.expect("send");
     assert_eq!(binary.ended().await, Ended::Closed(1008));
     let mut good = hub.client().await;
     hub.notify(json!({"type": "fine"})).await;
@@ -249,10 +161,7 @@ async fn garbage_frames_get_hub_errors_and_the_connection_stays_up() {
     let mut c = hub.client().await;
     c.send_text("{not json").await;
     let e = c.next_reply().await;
-    assert_eq!(
-        (e["type"].as_str(), e["code"].as_str()),
-        (Some("hub:error"), Some("bad_json"))
-    );
+    assert_eq!((e["type"].as_str(), e["code"].as_str()), (Some("hub:error"), Some("bad_json")));
     c.send_json(json!({"type": "dance"})).await;
     assert_eq!(c.next_reply().await["code"], "bad_message");
     c.send_json(json!({"type": "ping"})).await;
@@ -266,9 +175,7 @@ async fn garbage_frames_get_hub_errors_and_the_connection_stays_up() {
 
 /// Performs a WebSocket handshake on a raw TCP socket and then never reads again.
 async fn never_reading_client(hub: &TestHub) -> tokio::net::TcpStream {
-    let mut s = tokio::net::TcpStream::connect(hub.addr)
-        .await
-        .expect("connect");
+    let mut s = tokio::net::TcpStream::connect(hub.addr).await.expect("connect");
     let req = format!(
         "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
         hub.addr
@@ -276,10 +183,7 @@ async fn never_reading_client(hub: &TestHub) -> tokio::net::TcpStream {
     s.write_all(req.as_bytes()).await.expect("handshake");
     let mut buf = [0u8; 1024];
     let n = s.read(&mut buf).await.expect("response");
-    assert!(
-        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 101"),
-        "upgrade refused"
-    );
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 101"), "upgrade refused");
     s
 }
 
@@ -291,15 +195,9 @@ async fn a_slow_consumer_is_dropped_while_others_keep_receiving() {
     let blob = "x".repeat(60_000);
     let mut dropped = false;
     for i in 0..2000 {
-        let (status, answer) = hub
-            .notify(json!({"type": "big", "data": {"i": i, "blob": blob}}))
-            .await;
+        let (status, answer) = hub.notify(json!({"type": "big", "data": {"i": i, "blob": blob}})).await;
         assert_eq!(status, 200);
-        assert_eq!(
-            fast.next_event().await["data"]["i"],
-            i,
-            "the fast client gets every event in order"
-        );
+        assert_eq!(fast.next_event().await["data"]["i"], i, "the fast client gets every event in order");
         if answer["recipients"] == 1 {
             dropped = true;
             break;
@@ -349,20 +247,10 @@ async fn the_test_page_and_client_library_are_served_from_the_binary() {
     let hub = TestHub::start(&[]).await;
     let page = reqwest::get(hub.url("/")).await.expect("get /");
     assert_eq!(page.status(), 200);
-    assert!(
-        page.headers()["content-type"]
-            .to_str()
-            .expect("ct")
-            .starts_with("text/html")
-    );
+    assert!(page.headers()["content-type"].to_str().expect("ct").starts_with("text/html"));
     assert!(page.text().await.expect("body").contains("/wshub.js"));
     let js = reqwest::get(hub.url("/wshub.js")).await.expect("get js");
-    assert!(
-        js.headers()["content-type"]
-            .to_str()
-            .expect("ct")
-            .contains("javascript")
-    );
+    assert!(js.headers()["content-type"].to_str().expect("ct").contains("javascript"));
     hub.stop().await;
 }
 
@@ -374,10 +262,7 @@ async fn shutdown_in_process_sends_1001_to_every_client() {
     hub.shutdown.cancel();
     assert_eq!(a.ended().await, Ended::Closed(1001));
     assert_eq!(b.ended().await, Ended::Closed(1001));
-    let result = tokio::time::timeout(WAIT, hub.task)
-        .await
-        .expect("run returns")
-        .expect("join");
+    let result = tokio::time::timeout(WAIT, hub.task).await.expect("run returns").expect("join");
     assert!(result.is_ok(), "{result:?}");
 }
 
@@ -388,10 +273,7 @@ async fn sigterm_closes_clients_with_1001_and_exits_cleanly() {
     assert_eq!(c.next_json().await["type"], "hub:connected");
     hub.signal("TERM");
     assert_eq!(c.ended().await, Ended::Closed(1001));
-    assert!(
-        hub.wait_exit().await,
-        "wshub exits with status 0 after SIGTERM"
-    );
+    assert!(hub.wait_exit().await, "wshub exits with status 0 after SIGTERM");
 }
 
 #[tokio::test]
@@ -402,10 +284,7 @@ async fn bad_configuration_stops_startup_with_a_clear_message() {
         .expect("run wshub");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("--ping-interval") && err.contains("54s"),
-        "{err}"
-    );
+    assert!(err.contains("--ping-interval") && err.contains("54s"), "{err}");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_wshub"))
         .env("WSHUB_PING_INTERVAL", "90s")
         .output()

@@ -72,6 +72,18 @@ impl MemoryEngine {
         self.state.lock().map_err(|_| EngineError::Storage("history lock poisoned".into()))
     }
 
+    /// Locks the state with events past the TTL already dropped, so reads never return them.
+    fn fresh(&self) -> Result<MutexGuard<'_, State>, EngineError> {
+        let mut state = self.lock()?;
+        let evicted = state.history.expire(now_rfc3339().1);
+        if let (Some(store), false) = (&self.store, evicted.is_empty())
+            && let Err(e) = store.commit(&[], &evicted, state.history.evicted_upto())
+        {
+            tracing::warn!(error = %e, "could not remove expired events from the data dir");
+        }
+        Ok(state)
+    }
+
     async fn publish_now(&self, batch: Vec<NewEvent>) -> Result<Vec<Published>, EngineError> {
         let (reply, counts) = oneshot::channel();
         let stamped: Vec<(String, u64)> = {
@@ -148,22 +160,22 @@ impl Engine for MemoryEngine {
     }
 
     fn replay(&self, streams: Vec<String>, since: Option<u64>) -> BoxFuture<'_, Result<Replay, EngineError>> {
-        let result = self.lock().map(|s| s.history.replay(&streams, since));
+        let result = self.fresh().map(|s| s.history.replay(&streams, since));
         async move { result }.boxed()
     }
 
     fn history(&self, stream: String, since: u64, limit: usize) -> BoxFuture<'_, Result<Vec<Arc<Event>>, EngineError>> {
-        let result = self.lock().map(|s| s.history.page(&stream, since, limit));
+        let result = self.fresh().map(|s| s.history.page(&stream, since, limit));
         async move { result }.boxed()
     }
 
     fn recent(&self, limit: usize) -> BoxFuture<'_, Result<Vec<Arc<Event>>, EngineError>> {
-        let result = self.lock().map(|s| s.history.latest(limit));
+        let result = self.fresh().map(|s| s.history.latest(limit));
         async move { result }.boxed()
     }
 
     fn find(&self, id: String) -> BoxFuture<'_, Result<Option<Arc<Event>>, EngineError>> {
-        let result = self.lock().map(|s| s.history.find(&id));
+        let result = self.fresh().map(|s| s.history.find(&id));
         async move { result }.boxed()
     }
 

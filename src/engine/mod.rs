@@ -95,6 +95,12 @@ pub trait Engine: Send + Sync + 'static {
     /// The receipt of a kept event: `{"written","acked","acked_users"}`.
     fn receipt(&self, event: Arc<Event>) -> BoxFuture<'_, serde_json::Value>;
 
+    /// True when live delivery of a newly opened stream starts only after a confirmation
+    /// (the hub then waits for [`Engine::replay`] before telling the client it is connected).
+    fn confirms_subscriptions(&self) -> bool {
+        false
+    }
+
     /// Called by the hub when a stream gains its first local subscriber.
     fn stream_opened(&self, _stream: &str) {}
 

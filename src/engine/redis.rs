@@ -9,6 +9,9 @@
 //!   own clients are in (plus `broadcast`), on one pub/sub connection, so it receives events in seq
 //!   order; an event matching several of its streams arrives once per stream and is passed on once.
 //! - Idempotency keys, receipts, node heartbeats and presence snapshots are keys with expiry.
+//! - Reconnect: the node counts as linked (`/health` ok) only once it has resubscribed and
+//!   delivered, from the history, what it missed since its last seq (since the start of a new
+//!   epoch if Redis lost its data); seqs already delivered are skipped, so nothing comes twice.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,6 +34,7 @@ use crate::namespace::Namespaces;
 use crate::protocol::{BROADCAST, Delivery, Event, now_rfc3339};
 
 const KEY_EPOCH: &str = "wshub:epoch";
+const KEY_SEQ: &str = "wshub:seq";
 const KEY_TRIM: &str = "wshub:trim";
 const KEY_LAST: &str = "wshub:last";
 const KEY_RECENT: &str = "wshub:recent";
@@ -141,6 +145,9 @@ impl RedisEngine {
         let candidate = super::memory::new_epoch();
         let _: bool = conn.set_nx(KEY_EPOCH, &candidate).await.map_err(unavailable)?;
         let epoch: String = conn.get(KEY_EPOCH).await.map_err(unavailable)?;
+        // Start from the cluster's current position: a catch-up after a reconnect must know
+        // where this node started listening, even before it delivered anything.
+        let seq: Option<u64> = conn.get(KEY_SEQ).await.map_err(unavailable)?;
         let (subs, requests) = mpsc::unbounded_channel();
         let linked = Arc::new(AtomicBool::new(false));
         let recent = Arc::new(Mutex::new(VecDeque::new()));
@@ -148,7 +155,7 @@ impl RedisEngine {
             conn,
             node: hub.node().to_string(),
             epoch: Mutex::new(epoch),
-            last_seq: AtomicU64::new(0),
+            last_seq: AtomicU64::new(seq.unwrap_or(0)),
             linked: Arc::clone(&linked),
             subs,
             history_size: config.history_size,
@@ -182,12 +189,16 @@ impl RedisEngine {
         self.subs.send(SubRequest::Sync(tx)).is_ok() && rx.await.unwrap_or(false)
     }
 
+    /// Adopts a new epoch (Redis lost its data). Positions start again, so the newest seq seen
+    /// is forgotten too, under the same lock: whichever of a publish answer or a pub/sub message
+    /// sees the new epoch first, the new epoch's events are not taken for ones already delivered.
     fn set_epoch(&self, epoch: &str) {
         if let Ok(mut current) = self.epoch.lock()
             && *current != epoch
         {
             tracing::warn!(old = %current, new = %epoch, "redis epoch changed (its data was reset)");
             *current = epoch.to_string();
+            self.last_seq.store(0, Ordering::Release);
         }
     }
 
@@ -314,7 +325,11 @@ impl RedisEngine {
             Ok(published) => {
                 let text = serde_json::to_string(&published).map_err(|e| EngineError::Storage(e.to_string()))?;
                 let ttl = self.idempotency_ttl.as_millis() as u64;
-                let _: () = conn.pset_ex(&redis_key, text, ttl).await.map_err(unavailable)?;
+                // The event is published: answer 200 even if its result cannot be recorded (the
+                // key then stays `pending`, and a retry gets 503 rather than a second copy).
+                if let Err(e) = conn.pset_ex::<_, _, ()>(&redis_key, text, ttl).await {
+                    tracing::warn!(error = %e, key = %key, "published, but the idempotency result was not stored");
+                }
                 Ok(published)
             }
             Err(e) => {
@@ -337,10 +352,7 @@ impl RedisEngine {
     }
 
     fn deliver(&self, event: Arc<Event>, epoch: &str, hub: &HubHandle) {
-        if epoch != self.epoch() {
-            self.set_epoch(epoch);
-            self.last_seq.store(0, Ordering::Release);
-        }
+        self.set_epoch(epoch);
         if event.seq <= self.last_seq.load(Ordering::Acquire) {
             return;
         }
@@ -356,20 +368,25 @@ impl RedisEngine {
         }
     }
 
-    /// After a reconnect: deliver what was published while this node was not listening.
-    async fn catch_up(&self, interest: &HashSet<String>, hub: &HubHandle) {
+    /// After a (re)connect: deliver what was published while this node was not listening. If
+    /// Redis lost its data, that is everything of the new epoch so far. False when Redis could
+    /// not be read: the node then stays unlinked and tries again, rather than skip events.
+    async fn catch_up(&self, interest: &HashSet<String>, hub: &HubHandle) -> bool {
         let mut conn = self.conn.clone();
-        let _: Result<bool, _> = conn.set_nx(KEY_EPOCH, super::memory::new_epoch()).await;
-        let Ok(Some(epoch)) = conn.get::<_, Option<String>>(KEY_EPOCH).await else { return };
-        if epoch != self.epoch() {
-            self.set_epoch(&epoch);
-            self.last_seq.store(0, Ordering::Release);
-            return;
-        }
+        let epoch = match conn.set_nx::<_, _, bool>(KEY_EPOCH, super::memory::new_epoch()).await {
+            Ok(_) => conn.get::<_, Option<String>>(KEY_EPOCH).await,
+            Err(e) => Err(e),
+        };
+        let epoch = match epoch {
+            Ok(Some(epoch)) => epoch,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::debug!(error = %e, "catch-up after reconnect: redis not ready");
+                return false;
+            }
+        };
+        self.set_epoch(&epoch);
         let since = self.last_seq.load(Ordering::Acquire);
-        if since == 0 {
-            return;
-        }
         let streams: Vec<String> = interest.iter().cloned().collect();
         match self.read_streams(&streams, Some(since)).await {
             Ok(replay) => {
@@ -379,8 +396,12 @@ impl RedisEngine {
                 for event in replay.events {
                     self.deliver(event, &epoch, hub);
                 }
+                true
             }
-            Err(e) => tracing::warn!(error = %e, "catch-up after reconnect failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "catch-up after reconnect failed");
+                false
+            }
         }
     }
 
@@ -418,6 +439,8 @@ impl RedisEngine {
         let beat = json!({"node": self.node, "stats": stats, "at_ms": now_rfc3339().1});
         pipe.pset_ex(format!("wshub:node:{}", self.node), beat.to_string(), node_ms).ignore();
         let presence_key = format!("wshub:presence:{}", self.node);
+        // Atomic, so a reader never sees this node's presence between DEL and HSET.
+        pipe.atomic();
         pipe.del(&presence_key).ignore();
         for (stream, entry) in &presence {
             pipe.hset(&presence_key, stream, json!(entry).to_string()).ignore();
@@ -483,7 +506,14 @@ async fn subscription_manager(
     let mut interest: HashSet<String> = HashSet::from([BROADCAST.to_string()]);
     let mut backoff = MIN_BACKOFF;
     loop {
-        let Some((mut sink, mut stream)) = connect_pubsub(&client, &interest).await else {
+        let mut connected = connect_pubsub(&client, &interest).await;
+        if connected.is_some() {
+            let Some(engine) = engine.upgrade() else { return };
+            if !engine.catch_up(&interest, &hub).await {
+                connected = None;
+            }
+        }
+        let Some((mut sink, mut stream)) = connected else {
             linked.store(false, Ordering::Release);
             let sleep = tokio::time::sleep(backoff);
             tokio::pin!(sleep);
@@ -500,9 +530,6 @@ async fn subscription_manager(
             continue;
         };
         backoff = MIN_BACKOFF;
-        if let Some(engine) = engine.upgrade() {
-            engine.catch_up(&interest, &hub).await;
-        }
         linked.store(true, Ordering::Release);
         tracing::info!(streams = interest.len(), "redis pub/sub connected");
         loop {
@@ -685,6 +712,10 @@ impl Engine for RedisEngine {
             })
         }
         .boxed()
+    }
+
+    fn confirms_subscriptions(&self) -> bool {
+        true
     }
 
     fn stream_opened(&self, stream: &str) {

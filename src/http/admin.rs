@@ -15,7 +15,8 @@ use serde_json::{Value, json};
 use super::{ApiError, authorize};
 use crate::app::AppState;
 use crate::hub::Command;
-use crate::protocol::{Event, validate_channel};
+use crate::protocol::validate_channel;
+use crate::stats::{self, event_json};
 
 pub(super) fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -42,40 +43,10 @@ async fn stats(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     admin(&app, &headers, peer)?;
-    let hub = app.hub.ask(|reply| Command::Stats { reply }).await?;
-    let m = &app.metrics;
-    app.metrics.history_bytes.set(app.engine.history_bytes() as i64);
-    Ok(Json(json!({
-        "node": app.hub.node(),
-        "clients": hub.connections,
-        "connections": hub.connections,
-        "connections_total": m.connections_total.get(),
-        "authenticated": hub.authenticated,
-        "anonymous": hub.anonymous,
-        "by_role": hub.by_role,
-        "channels": hub.channels,
-        "top_channels": hub.top_channels.iter().map(|(name, n)| json!({"channel": name, "subscribers": n})).collect::<Vec<_>>(),
-        "events_published": m.events_published.get(),
-        "deliveries": m.deliveries.get(),
-        "slow_consumer_disconnects": m.slow_consumers.get(),
-        "history_bytes": m.history_bytes.get(),
-        "rss_bytes": rss_bytes(),
-        "uptime_s": app.started.elapsed().as_secs(),
-        "engine": app.engine.health(),
-        "nodes": app.engine.cluster_nodes().await,
-    })))
-}
-
-/// Resident memory of this process from /proc (Linux); 0 elsewhere.
-pub fn rss_bytes() -> u64 {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return 0;
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
+    let sampler = stats::sampler_of(&app);
+    let mut body = stats::snapshot(&app, sampler.as_deref()).await?;
+    body["series"] = sampler.map_or(Value::Null, |s| s.series());
+    Ok(Json(body))
 }
 
 async fn metrics(
@@ -139,13 +110,6 @@ async fn history(
     Ok(Json(json!({ "channel": name, "epoch": app.engine.epoch(), "events": rows })))
 }
 
-fn event_json(e: &Event) -> Value {
-    json!({
-        "id": e.id, "seq": e.seq, "type": e.kind, "message": e.message, "data": e.data,
-        "timestamp": e.timestamp, "targets": e.targets, "from": e.from,
-    })
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PageQuery {
@@ -181,8 +145,8 @@ async fn recent_events(
 ) -> Result<Json<Value>, ApiError> {
     admin(&app, &headers, peer)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
-    let events = app.engine.recent(q.limit.unwrap_or(50).min(1000)).await?;
-    Ok(Json(json!({ "events": events.iter().map(|e| event_json(e)).collect::<Vec<_>>() })))
+    let events = stats::recent_events(&app, q.limit.unwrap_or(50).min(1000)).await?;
+    Ok(Json(json!({ "events": events })))
 }
 
 async fn event_by_id(

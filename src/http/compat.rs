@@ -16,12 +16,13 @@ use super::notify::{parse_one, require_json};
 use super::{ApiError, authorize};
 use crate::app::AppState;
 
-pub(super) fn routes() -> Router<Arc<AppState>> {
+pub(super) fn routes(max_body_bytes: usize) -> Router<Arc<AppState>> {
     Router::new()
         .route("/api/dashboard/emit-event", post(emit_event))
         .route("/api/dashboard/notify-role", post(notify_role))
         .route("/api/dashboard/notify-user", post(notify_user))
         .route("/api/dashboard/update-dashboard", post(update_dashboard))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
 }
 
 /// Publishes a notification built from the gateway-shaped body; 202 with the event id.

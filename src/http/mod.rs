@@ -20,12 +20,13 @@ use serde_json::json;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::app::AppState;
-use crate::auth::{ApiKeyError, check_api_key};
+use crate::auth::{ApiKeyError, Identity, check_api_key, check_operator};
 use crate::connection::{self, Handshake};
 use crate::hub::Resume;
 
-/// Bytes of tungstenite's per-connection read buffer beyond the largest client frame.
-const READ_BUFFER_SLACK: usize = 64;
+/// Bytes of tungstenite's per-connection read buffer. Clients mostly listen, so it is small and
+/// grows only for a larger frame (up to `--max-message-bytes`).
+const READ_BUFFER_BYTES: usize = 256;
 /// Bytes of outgoing frames gathered before a socket write.
 const WRITE_BUFFER_BYTES: usize = 8 * 1024;
 
@@ -77,12 +78,13 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/", get(index))
         .route("/wshub.js", get(wshub_js))
         .route("/wshub.mjs", get(wshub_mjs))
+        .route("/dashboard", get(dashboard))
         .route("/ws", get(ws))
         .route("/health", get(health))
         .route("/api/health", get(health))
         .merge(notify::routes(app.config.max_body_bytes as usize))
         .merge(admin::routes())
-        .merge(compat::routes())
+        .merge(compat::routes(app.config.max_body_bytes as usize))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(cors)
@@ -109,6 +111,10 @@ async fn not_found() -> ApiError {
 
 async fn method_not_allowed() -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed; see the Allow header")
+}
+
+async fn dashboard() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], include_str!("../../static/dashboard.html"))
 }
 
 async fn index() -> impl IntoResponse {
@@ -152,6 +158,8 @@ struct WsQuery {
     token: Option<String>,
     since: Option<u64>,
     epoch: Option<String>,
+    /// Asks for an operator connection (see [`check_operator`]).
+    api_key: Option<String>,
 }
 
 async fn ws(
@@ -167,23 +175,30 @@ async fn ws(
     let upgrade = upgrade.map_err(|e| ApiError::new(e.status(), format!("{e}: connect with a WebSocket client")))?;
     let Query(query) = query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
     let token = query.token.or_else(|| bearer(&headers).map(str::to_string));
-    let handshake = match (token, &app.verifier) {
-        (Some(token), Some(verifier)) => match verifier.verify(&token) {
-            Ok(identity) => Handshake::Identified(Some(identity)),
+    let operator = query.api_key.map(|key| check_operator(app.config.api_key.as_deref(), &key, remote));
+    let handshake = match (token, &app.verifier, operator) {
+        (_, _, Some(Err(err))) => Handshake::Refused(err),
+        (Some(token), Some(verifier), operator) => match verifier.verify(&token) {
+            Ok(identity) => Handshake::Identified(Some(Identity { operator: operator.is_some(), ..identity })),
             Err(err) => Handshake::Refused(err),
         },
-        (None, Some(_)) if app.config.require_auth => Handshake::AwaitAuth,
+        (_, _, Some(Ok(()))) => Handshake::Identified(Some(Identity { operator: true, ..Identity::default() })),
+        (None, Some(_), None) if app.config.require_auth => Handshake::AwaitAuth,
         _ => Handshake::Identified(None),
     };
     let resume = query.since.map(|since| Resume { since, epoch: query.epoch });
     let max = app.config.max_message_bytes as usize;
     let tracker = app.connections.clone();
     Ok(upgrade
-        .read_buffer_size(max + READ_BUFFER_SLACK)
+        .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| tracker.track_future(connection::serve(socket, app, handshake, remote, resume))))
+        .on_upgrade(move |socket| {
+            // A task of our own, so the upgrade task (and its state) ends right away.
+            tracker.spawn(connection::serve(socket, app, handshake, remote, resume));
+            std::future::ready(())
+        }))
 }
 
 /// The token of an `Authorization: Bearer` header.

@@ -87,8 +87,15 @@ async fn notify(
     for a in &accepted {
         count_namespaces(&app, &a.event);
     }
+    let described: Vec<(String, Vec<String>)> =
+        accepted.iter().map(|a| (a.event.kind.clone(), a.event.targets.clone())).collect();
     let events = accepted.into_iter().map(|a| a.event).collect();
     let published = app.engine.publish(events, key).await?;
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        for (p, (kind, targets)) in published.iter().zip(&described) {
+            tracing::debug!(id = %p.id, seq = p.seq, kind, ?targets, recipients = ?p.recipients, %peer, "published");
+        }
+    }
     Ok(Json(if batch { Value::Array(published.iter().map(result).collect()) } else { result(&published[0]) }))
 }
 

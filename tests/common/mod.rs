@@ -33,20 +33,12 @@ impl TestHub {
     pub async fn start(flags: &[&str]) -> Self {
         let mut args = vec!["wshub", "--addr", "127.0.0.1:0"];
         args.extend_from_slice(flags);
-        let config = Config::parse_from(args)
-            .finish()
-            .expect("valid test config");
-        let listener = tokio::net::TcpListener::bind(config.addr)
-            .await
-            .expect("bind");
+        let config = Config::parse_from(args).finish().expect("valid test config");
+        let listener = tokio::net::TcpListener::bind(config.addr).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(wshub::run(listener, config, shutdown.clone()));
-        Self {
-            addr,
-            shutdown,
-            task,
-        }
+        Self { addr, shutdown, task }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -116,10 +108,7 @@ impl ChildHub {
         let url = format!("http://{}/health", self.addr);
         let deadline = tokio::time::Instant::now() + WAIT;
         while tokio::time::Instant::now() < deadline {
-            if reqwest::get(&url)
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
+            if reqwest::get(&url).await.is_ok_and(|r| r.status().is_success()) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -137,11 +126,8 @@ impl ChildHub {
 
     /// Sends a signal (e.g. "TERM", "KILL") to the process.
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill");
+        let status =
+            Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status().expect("kill");
         assert!(status.success(), "kill -{name} failed");
     }
 
@@ -167,10 +153,7 @@ impl Drop for ChildHub {
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
 /// A WebSocket test client.
@@ -190,13 +173,8 @@ pub enum Ended {
 impl Client {
     /// Connects without reading anything.
     pub async fn connect(url: &str) -> Self {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .expect("websocket connect");
-        Self {
-            ws,
-            hello: Value::Null,
-        }
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connect");
+        Self { ws, hello: Value::Null }
     }
 
     /// The next text frame as JSON, failing the test after [`WAIT`].
@@ -242,31 +220,21 @@ impl Client {
     pub async fn assert_no_event(&mut self) {
         if let Ok(Some(text)) = tokio::time::timeout(QUIET, self.next_text()).await {
             let v: Value = serde_json::from_str(&text).expect("json");
-            assert!(
-                v["type"].as_str().unwrap_or("").starts_with("hub:"),
-                "unexpected frame: {v}"
-            );
+            assert!(v["type"].as_str().unwrap_or("").starts_with("hub:"), "unexpected frame: {v}");
         }
     }
 
     pub async fn send_json(&mut self, v: Value) {
-        self.ws
-            .send(Message::Text(v.to_string().into()))
-            .await
-            .expect("send");
+        self.ws.send(Message::Text(v.to_string().into())).await.expect("send");
     }
 
     pub async fn send_text(&mut self, text: &str) {
-        self.ws
-            .send(Message::Text(text.to_string().into()))
-            .await
-            .expect("send");
+        self.ws.send(Message::Text(text.to_string().into())).await.expect("send");
     }
 
     /// Sends `subscribe` and returns the answer (`hub:subscribed` or `hub:error`).
     pub async fn subscribe(&mut self, channel: &str) -> Value {
-        self.send_json(json!({"type": "subscribe", "channel": channel}))
-            .await;
+        self.send_json(json!({"type": "subscribe", "channel": channel})).await;
         self.next_reply().await
     }
 
@@ -294,9 +262,7 @@ impl Client {
                 }
             }
         };
-        tokio::time::timeout(WAIT, read)
-            .await
-            .expect("connection did not end in time")
+        tokio::time::timeout(WAIT, read).await.expect("connection did not end in time")
     }
 }
 
@@ -335,11 +301,165 @@ pub fn token(secret: &str, sub: &str, roles: &[&str], ttl_s: i64) -> String {
 
 /// An HS256 token with arbitrary claims plus `exp = now + ttl_s`.
 pub fn token_with(secret: &str, mut claims: Value, ttl_s: i64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs() as i64;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
     claims["exp"] = json!(now + ttl_s);
     let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
     jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).expect("encode token")
+}
+
+// ---- Helpers for identity and channel tests (tests/channels_auth.rs) ----
+
+impl Client {
+    /// Connects with extra request headers (e.g. `Authorization: Bearer <jwt>`), reading nothing.
+    pub async fn connect_with_headers(url: &str, headers: &[(&str, &str)]) -> Self {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+        let mut request = url.into_client_request().expect("websocket request");
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+                HeaderValue::from_str(value).expect("header value"),
+            );
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(request).await.expect("websocket connect");
+        Self { ws, hello: Value::Null }
+    }
+
+    /// Sends `ping` and expects `hub:pong`: the connection is up and answering.
+    pub async fn assert_alive(&mut self) {
+        self.send_json(json!({"type": "ping"})).await;
+        let pong = self.next_reply().await;
+        assert_eq!(pong["type"], "hub:pong", "expected hub:pong, got {pong}");
+    }
+}
+
+/// Unpadded base64url, as JWTs use.
+pub fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+        }
+    }
+    out
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64
+}
+
+/// A JWT built by hand with header `{"alg":"none"}` and an empty signature (claims get
+/// `exp = now + ttl_s`). Must never be accepted.
+pub fn unsigned_token(mut claims: Value, ttl_s: i64) -> String {
+    claims["exp"] = json!(unix_now() + ttl_s);
+    let header = base64url(br#"{"alg":"none","typ":"JWT"}"#);
+    let body = base64url(claims.to_string().as_bytes());
+    format!("{header}.{body}.")
+}
+
+/// A token with claims plus `exp = now + ttl_s`, signed with any algorithm and key.
+pub fn token_signed(
+    alg: jsonwebtoken::Algorithm,
+    key: &jsonwebtoken::EncodingKey,
+    mut claims: Value,
+    ttl_s: i64,
+) -> String {
+    claims["exp"] = json!(unix_now() + ttl_s);
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), &claims, key).expect("encode token")
+}
+
+// ---- A real redis-server for cluster tests (tests/cluster.rs) ----
+
+/// A `redis-server` of our own on a free loopback port, without persistence. Killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts `redis-server` on a free port and waits until it answers PING. Panics (never skips)
+    /// when `redis-server` is not installed.
+    pub fn start() -> Self {
+        let mut server = Self { port: free_port(), child: None };
+        server.spawn();
+        server
+    }
+
+    /// `redis://127.0.0.1:PORT/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Kills the server with SIGKILL (its data is gone: no persistence).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a fresh, empty server on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    fn spawn(&mut self) {
+        let port = self.port.to_string();
+        let child = Command::new("redis-server")
+            .args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+                "redis-server is not on PATH: the cluster tests need a real Redis. Install Debian's \
+                 `redis-server` package (sudo apt-get install redis-server; scripts/test.sh installs it)"
+            ),
+            Err(e) => panic!("could not start redis-server: {e}"),
+        };
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::time::Instant::now() < deadline {
+            if self.answers_ping() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("redis-server on port {} exited at start: {status}", self.port);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server on port {} did not answer PING within {WAIT:?}", self.port);
+    }
+
+    /// True when the server answers `PING` with `+PONG` (raw RESP over TCP).
+    pub fn answers_ping(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else { return false };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+        if stream.write_all(b"*1\r\n$4\r\nPING\r\n").is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 16];
+        let mut got = 0;
+        while got < 7 {
+            match stream.read(&mut buf[got..]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+        buf[..got].starts_with(b"+PONG")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
