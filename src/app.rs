@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::hub::HubHandle;
 use crate::metrics::Metrics;
+use crate::stats::Sampler;
 
 /// Everything a handler or connection needs, behind one `Arc`.
 pub struct AppState {
@@ -30,4 +31,6 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Tracks connection tasks so shutdown can wait for them.
     pub connections: TaskTracker,
+    /// Per-second samples for `/stats` and the dashboard.
+    pub sampler: Sampler,
 }

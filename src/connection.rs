@@ -456,7 +456,9 @@ impl Reader {
             Ok(identity) if self.identity.user.is_some() && identity.user != self.identity.user => {
                 self.send(error_frame("unauthorized", "a connection cannot change its user; reconnect instead", None));
             }
-            Ok(identity) => {
+            Ok(mut identity) => {
+                // Operator rights came with the upgrade (the API key), not with the token.
+                identity.operator = self.identity.operator;
                 self.identity = identity.clone();
                 self.app.hub.send(Command::Identify { id: self.id, identity }).await;
             }

@@ -95,6 +95,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
         started: Instant::now(),
         shutdown: shutdown.clone(),
         connections: TaskTracker::new(),
+        sampler: stats::Sampler::default(),
     });
     tokio::spawn(stats::run(Arc::clone(&app)));
     let router = http::router(Arc::clone(&app));

@@ -147,28 +147,9 @@ fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
-/// Samplers of the hubs running in this process, by the address of their [`Metrics`] (unique
-/// while the hub runs; tests run many hubs in one process).
-static SAMPLERS: Mutex<Vec<(usize, Arc<Sampler>)>> = Mutex::new(Vec::new());
-
-fn key(app: &AppState) -> usize {
-    Arc::as_ptr(&app.metrics) as usize
-}
-
-fn registry() -> MutexGuard<'static, Vec<(usize, Arc<Sampler>)>> {
-    SAMPLERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// The sampler of the hub serving `app`, while its task runs.
-pub fn sampler_of(app: &AppState) -> Option<Arc<Sampler>> {
-    let key = key(app);
-    registry().iter().find(|(k, _)| *k == key).map(|(_, s)| Arc::clone(s))
-}
-
 /// Samples every [`SAMPLE_EVERY`] until shutdown, pushing `hub:stats` to dashboard watchers.
 pub async fn run(app: Arc<AppState>) {
-    let sampler = Arc::new(Sampler::default());
-    registry().push((key(&app), Arc::clone(&sampler)));
+    let sampler = &app.sampler;
     sampler.record(&app.metrics);
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + SAMPLE_EVERY, SAMPLE_EVERY);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -178,22 +159,20 @@ pub async fn run(app: Arc<AppState>) {
             _ = tick.tick() => {}
         }
         let sample = sampler.record(&app.metrics);
-        if let Err(e) = push(&app, &sampler, sample).await {
+        if let Err(e) = push(&app, sample).await {
             tracing::debug!(error = %e, "dashboard stats not pushed");
         }
     }
-    let key = key(&app);
-    registry().retain(|(k, _)| *k != key);
 }
 
 /// Sends a `hub:stats` frame to the local watchers of [`DASHBOARD_STREAM`], if there are any.
-async fn push(app: &AppState, sampler: &Sampler, sample: Sample) -> Result<(), EngineError> {
+async fn push(app: &AppState, sample: Sample) -> Result<(), EngineError> {
     let channel = DASHBOARD_STREAM.to_string();
     let (users, anonymous) = app.hub.ask(|reply| Command::Presence { channel, reply }).await?;
     if users.is_empty() && anonymous == 0 {
         return Ok(());
     }
-    let mut frame = snapshot(app, Some(sampler)).await?;
+    let mut frame = snapshot(app).await?;
     frame["type"] = "hub:stats".into();
     frame["sample"] = json!(sample);
     frame["recent_events"] = Value::Array(recent_events(app, PUSHED_EVENTS).await?);
@@ -226,12 +205,12 @@ pub fn event_json(e: &Event) -> Value {
 }
 
 /// The body of `GET /stats` (without the sample series): counts from the hub actor, counters
-/// from [`Metrics`], rates from `sampler`, memory, uptime, and cluster nodes with their totals.
-pub async fn snapshot(app: &AppState, sampler: Option<&Sampler>) -> Result<Value, EngineError> {
+/// from [`Metrics`], rates from the sampler, memory, uptime, and cluster nodes with their totals.
+pub async fn snapshot(app: &AppState) -> Result<Value, EngineError> {
     let hub = app.hub.ask(|reply| Command::Stats { reply }).await?;
     let m = &app.metrics;
     m.history_bytes.set(app.engine.history_bytes() as i64);
-    let rates = sampler.map(|s| s.rates(&app.metrics)).unwrap_or_default();
+    let rates = app.sampler.rates(&app.metrics);
     let nodes = app.engine.cluster_nodes().await;
     let auth_failures = by_label(&m.auth_failures);
     let publish_rejected = by_label(&m.publish_rejected);

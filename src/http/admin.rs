@@ -43,9 +43,8 @@ async fn stats(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     admin(&app, &headers, peer)?;
-    let sampler = stats::sampler_of(&app);
-    let mut body = stats::snapshot(&app, sampler.as_deref()).await?;
-    body["series"] = sampler.map_or(Value::Null, |s| s.series());
+    let mut body = stats::snapshot(&app).await?;
+    body["series"] = app.sampler.series();
     Ok(Json(body))
 }
 
