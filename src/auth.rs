@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::{Arc, LazyLock};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -29,7 +30,15 @@ pub struct Identity {
     pub operator: bool,
 }
 
+/// The identity every anonymous connection shares, so they allocate none.
+static ANONYMOUS: LazyLock<Arc<Identity>> = LazyLock::new(|| Arc::new(Identity::default()));
+
 impl Identity {
+    /// This identity behind an `Arc`; anonymous ones share one allocation.
+    pub fn shared(self) -> Arc<Self> {
+        if self == Self::default() { Arc::clone(&ANONYMOUS) } else { Arc::new(self) }
+    }
+
     /// The automatic streams of this identity: `broadcast`, `user:{sub}`, `role:{r}`.
     pub fn auto_streams(&self) -> Vec<String> {
         let mut streams = vec![BROADCAST.to_string()];

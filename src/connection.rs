@@ -13,7 +13,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::Instrument;
 
@@ -23,6 +23,34 @@ use crate::engine::NewEvent;
 use crate::hub::{Command, ConnId, NewConn, Outbound, Resume};
 use crate::metrics::Metrics;
 use crate::protocol::{ClientMessage, CloseReason, error_frame, now_rfc3339, to_frame, validate_channel};
+use crate::queue::{PushError, SendQueue};
+
+/// The keep-alive and write timings of a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// How often to ping.
+    pub ping_interval: Duration,
+    /// Silence after which the client is dropped.
+    pub pong_timeout: Duration,
+    /// Longest time one socket write may take.
+    pub write_timeout: Duration,
+}
+
+/// Runs a write, arming the timeout only if it does not complete at once (most writes to a
+/// socket with buffer space do, and a timer per write costs more than the write).
+async fn bounded<F>(limit: Duration, write: F) -> Result<(), ()>
+where
+    F: Future<Output = Result<(), axum::Error>>,
+{
+    tokio::pin!(write);
+    match futures_util::poll!(&mut write) {
+        std::task::Poll::Ready(result) => result.map_err(|_| ()),
+        std::task::Poll::Pending => match timeout(limit, write).await {
+            Ok(result) => result.map_err(|_| ()),
+            Err(_) => Err(()),
+        },
+    }
+}
 
 /// Most frames the writer sends with one flush.
 const MAX_BATCH: usize = 64;
@@ -37,6 +65,8 @@ const WRITTEN_MEMORY: usize = 64;
 /// State shared by a connection's two tasks and the hub: the close signal, last activity, and
 /// the recently written events. Kept small: every idle connection holds one.
 pub struct ConnShared {
+    /// Frames waiting for the writer.
+    pub queue: SendQueue,
     stopped: AtomicBool,
     wake: Notify,
     reason: AtomicU16,
@@ -45,8 +75,9 @@ pub struct ConnShared {
 }
 
 impl ConnShared {
-    fn new() -> Self {
+    fn new(queue_capacity: usize) -> Self {
         Self {
+            queue: SendQueue::new(queue_capacity),
             stopped: AtomicBool::new(false),
             wake: Notify::new(),
             reason: AtomicU16::new(0),
@@ -156,9 +187,9 @@ async fn serve_inner(
     if let Some(user) = &identity.user {
         tracing::Span::current().record("user", user.as_str());
     }
-    let shared = Arc::new(ConnShared::new());
-    let (tx, rx) = mpsc::channel(app.config.send_queue as usize);
-    let new = NewConn { id, identity: identity.clone(), tx: tx.clone(), shared: Arc::clone(&shared), remote, resume };
+    let shared = Arc::new(ConnShared::new(app.config.send_queue as usize));
+    let identity = identity.shared();
+    let new = NewConn { id, identity: Arc::clone(&identity), shared: Arc::clone(&shared), remote, resume };
     if !app.hub.send(Command::Register(new)).await {
         let _ = sink.send(close_message(CloseReason::GoingAway)).await;
         return;
@@ -166,17 +197,21 @@ async fn serve_inner(
     tracing::info!("connection open");
     let writer = tokio::spawn(write_loop(
         sink,
-        rx,
         Arc::clone(&shared),
         Arc::clone(&app.metrics),
-        (app.config.ping_interval, app.config.write_timeout),
+        Timing {
+            ping_interval: app.config.ping_interval,
+            pong_timeout: app.config.pong_timeout,
+            write_timeout: app.config.write_timeout,
+        },
     ));
     let mut reader =
-        Reader { app: Arc::clone(&app), id, identity, shared: Arc::clone(&shared), tx, acked: VecDeque::new() };
+        Reader { app: Arc::clone(&app), id, identity, shared: Arc::clone(&shared), acked: VecDeque::new() };
     reader.run(&mut stream).await;
     shared.stop();
     app.hub.send(Command::Unregister(id)).await;
     let _ = writer.await;
+    shared.queue.close();
     if shared.reason().is_some() {
         Box::pin(drain_until_closed(&mut stream)).await;
     }
@@ -239,36 +274,51 @@ fn close_message(reason: CloseReason) -> Message {
 /// Drains the send queue to the socket; pings on schedule; sends the close frame at the end.
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Outbound>,
     shared: Arc<ConnShared>,
     metrics: Arc<Metrics>,
-    (ping_every, write_timeout): (Duration, Duration),
+    timing: Timing,
 ) {
-    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+    // One timer per connection does both keep-alive jobs: ping on schedule, and drop a client
+    // that sent nothing (not even a pong) for the pong timeout. The reader then needs no timer.
+    let check_every = timing.ping_interval.min(timing.pong_timeout / 4).max(Duration::from_millis(10));
+    let mut tick = tokio::time::interval_at(Instant::now() + check_every, check_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_ping = Instant::now();
     let mut batch: Vec<Outbound> = Vec::new();
+    let mut queued: Vec<Outbound> = Vec::new();
+    let stopping = shared.stopping();
+    tokio::pin!(stopping);
     loop {
         let result = tokio::select! {
             biased;
-            _ = shared.stopping() => break,
-            out = rx.recv() => {
-                let Some(out) = out else { break };
-                batch.clear();
-                collect(&mut batch, out);
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(out) => collect(&mut batch, out),
-                        Err(_) => break,
-                    }
+            _ = &mut stopping => break,
+            more = shared.queue.pop_into(&mut queued, MAX_BATCH) => {
+                if !more {
+                    break;
                 }
-                let sent = timeout(write_timeout, send_all(&mut sink, &batch)).await;
-                if matches!(sent, Ok(Ok(()))) {
+                batch.clear();
+                queued.drain(..).for_each(|out| collect(&mut batch, out));
+                let sent = bounded(timing.write_timeout, send_all(&mut sink, &batch)).await;
+                if sent.is_ok() {
                     count_written(&batch, &metrics, &shared);
                 }
                 sent
             }
-            _ = ping.tick() => timeout(write_timeout, sink.send(Message::Ping(Default::default()))).await,
+            _ = tick.tick() => {
+                let silent_ms = unix_ms().saturating_sub(shared.last_activity_ms());
+                if u128::from(silent_ms) >= timing.pong_timeout.as_millis() {
+                    shared.close(CloseReason::KeepAliveTimeout);
+                    break;
+                }
+                if last_ping.elapsed() + check_every / 2 >= timing.ping_interval {
+                    last_ping = Instant::now();
+                    bounded(timing.write_timeout, sink.send(Message::Ping(Default::default()))).await
+                } else {
+                    Ok(())
+                }
+            }
         };
-        if !matches!(result, Ok(Ok(()))) {
+        if result.is_err() {
             tracing::debug!("write failed or timed out");
             shared.stop();
             return;
@@ -279,9 +329,9 @@ async fn write_loop(
         // unless the reason is that the client does not read them.
         if reason != CloseReason::SlowConsumer {
             batch.clear();
-            while let Ok(out) = rx.try_recv() {
-                collect(&mut batch, out);
-            }
+            queued.clear();
+            shared.queue.take_into(&mut queued, usize::MAX);
+            queued.drain(..).for_each(|out| collect(&mut batch, out));
             let _ = timeout(CLOSE_WAIT, send_all(&mut sink, &batch)).await;
         }
         let _ = timeout(CLOSE_WAIT, sink.send(close_message(reason))).await;
@@ -326,39 +376,48 @@ fn count_written(batch: &[Outbound], metrics: &Metrics, shared: &ConnShared) {
 struct Reader {
     app: Arc<AppState>,
     id: ConnId,
-    identity: Identity,
+    identity: Arc<Identity>,
     shared: Arc<ConnShared>,
-    tx: mpsc::Sender<Outbound>,
     /// Recently acknowledged event ids, so a repeated ack is not counted twice.
     acked: VecDeque<String>,
 }
 
 impl Reader {
     async fn run(&mut self, stream: &mut SplitStream<WebSocket>) {
-        let pong_timeout = self.app.config.pong_timeout;
+        let shared = Arc::clone(&self.shared);
+        let stopping = shared.stopping();
+        tokio::pin!(stopping);
+        // Only connections whose token expires carry a timer, boxed so the others pay nothing.
+        let mut expiry = expiry_deadline(&self.identity).map(|at| Box::pin(sleep_until(at)));
         loop {
-            let expiry = expiry_deadline(&self.identity);
             let next = tokio::select! {
                 biased;
-                _ = self.shared.stopping() => return,
-                _ = sleep_until(expiry.unwrap_or_else(far_future)), if expiry.is_some() => {
+                _ = &mut stopping => return,
+                _ = async {
+                    match expiry.as_mut() {
+                        Some(at) => at.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
                     self.send(error_frame("token_expired", "token expired; send a fresh auth before exp", None));
                     self.shared.close(CloseReason::TokenExpired);
                     return;
                 }
-                next = timeout(pong_timeout, stream.next()) => next,
+                next = stream.next() => next,
             };
             let message = match next {
-                Err(_) => return self.shared.close(CloseReason::KeepAliveTimeout),
-                Ok(None) => return,
-                Ok(Some(Err(err))) => return self.read_error(err),
-                Ok(Some(Ok(message))) => message,
+                None => return,
+                Some(Err(err)) => return self.read_error(err),
+                Some(Ok(message)) => message,
             };
             self.shared.touch();
             match message {
                 // Boxed: client frames are rare for a listening client, and keeping this future out
                 // of the connection's state machine saves memory on every idle connection.
-                Message::Text(text) => Box::pin(self.on_text(&text)).await,
+                Message::Text(text) => {
+                    Box::pin(self.on_text(&text)).await;
+                    expiry = expiry_deadline(&self.identity).map(|at| Box::pin(sleep_until(at)));
+                }
                 Message::Binary(_) => return self.shared.close(CloseReason::Policy),
                 Message::Close(_) => return,
                 Message::Ping(_) | Message::Pong(_) => {}
@@ -384,7 +443,7 @@ impl Reader {
 
     /// Queues an answer; a full queue means the client is not reading, so it is dropped.
     fn send(&self, frame: Utf8Bytes) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(Outbound::frame(frame)) {
+        if let Err(PushError::Full) = self.shared.queue.push(Outbound::frame(frame)) {
             self.shared.close(CloseReason::SlowConsumer);
         }
     }
@@ -459,7 +518,8 @@ impl Reader {
             Ok(mut identity) => {
                 // Operator rights came with the upgrade (the API key), not with the token.
                 identity.operator = self.identity.operator;
-                self.identity = identity.clone();
+                let identity = identity.shared();
+                self.identity = Arc::clone(&identity);
                 self.app.hub.send(Command::Identify { id: self.id, identity }).await;
             }
             Err(err) => {
@@ -514,8 +574,4 @@ fn expiry_deadline(identity: &Identity) -> Option<Instant> {
     let now = unix_ms() / 1000;
     let left = (exp + EXP_LEEWAY_S).saturating_sub(now);
     Some(Instant::now() + Duration::from_secs(left))
-}
-
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86_400 * 365)
 }

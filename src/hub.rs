@@ -27,6 +27,7 @@ use crate::history::Replay;
 use crate::metrics::Metrics;
 use crate::namespace::Namespaces;
 use crate::protocol::{BROADCAST, CloseReason, Delivery, error_frame, now_rfc3339, to_frame};
+use crate::queue::PushError;
 
 /// A connection's number, unique in this process.
 pub type ConnId = u64;
@@ -75,9 +76,7 @@ pub struct NewConn {
     /// Its number.
     pub id: ConnId,
     /// Who it is.
-    pub identity: Identity,
-    /// Its send queue.
-    pub tx: mpsc::Sender<Outbound>,
+    pub identity: Arc<Identity>,
     /// Close signal and activity shared with its tasks.
     pub shared: Arc<ConnShared>,
     /// Peer address.
@@ -160,7 +159,7 @@ pub enum Command {
         /// Connection.
         id: ConnId,
         /// The new identity.
-        identity: Identity,
+        identity: Arc<Identity>,
     },
     /// History for a pending resume arrived.
     Replayed {
@@ -241,9 +240,15 @@ pub struct HubHandle {
 }
 
 impl HubHandle {
-    /// Sends a command; false when the hub has stopped.
+    /// Sends a command; false when the hub has stopped. Tries without waiting first; the
+    /// waiting send is boxed because its future is large and would otherwise sit in the state of
+    /// every connection task.
     pub async fn send(&self, command: Command) -> bool {
-        self.commands.send(command).await.is_ok()
+        match self.commands.try_send(command) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Full(command)) => Box::pin(self.commands.send(command)).await.is_ok(),
+        }
     }
 
     /// Sends a query and waits for its reply.
@@ -309,19 +314,24 @@ struct Pending {
     buffer: Vec<(Arc<Delivery>, u32)>,
 }
 
+/// The resumes of one connection and the seqs sent live meanwhile (so a replay skips them).
+#[derive(Default)]
+struct Resuming {
+    pending: Vec<Pending>,
+    live_seqs: Vec<u64>,
+}
+
 struct Conn {
-    tx: mpsc::Sender<Outbound>,
     shared: Arc<ConnShared>,
-    identity: Identity,
+    identity: Arc<Identity>,
     remote: SocketAddr,
     connected_at_ms: u64,
     channels: Vec<String>,
     /// The fan-out round of the last event offered, so an event matching several of the
     /// connection's streams goes out once (rounds never repeat, unlike seqs after a reset).
     last_round: u64,
-    pending: Vec<Pending>,
-    /// Seqs sent live while a resume is pending, so the replay does not send them again.
-    live_seqs: Vec<u64>,
+    /// Resumes in progress; boxed because most connections never have one.
+    resuming: Option<Box<Resuming>>,
     /// Events of the automatic streams after this seq reached this connection through them
     /// (live or by the connect replay), so a channel replay must not send them again.
     auto_floor: u64,
@@ -341,21 +351,21 @@ impl Conn {
             return Offer::Skipped;
         }
         self.last_round = round;
-        if let Some(p) = self.pending.iter_mut().find(|p| p.streams.iter().any(|s| s == stream)) {
-            p.buffer.push((Arc::clone(delivery), index));
-            return Offer::Sent;
-        }
-        if !self.pending.is_empty() {
-            self.live_seqs.push(seq);
+        if let Some(resuming) = &mut self.resuming {
+            if let Some(p) = resuming.pending.iter_mut().find(|p| p.streams.iter().any(|s| s == stream)) {
+                p.buffer.push((Arc::clone(delivery), index));
+                return Offer::Sent;
+            }
+            resuming.live_seqs.push(seq);
         }
         self.push(Outbound::Event(Arc::clone(delivery), index))
     }
 
     fn push(&self, out: Outbound) -> Offer {
-        match self.tx.try_send(out) {
+        match self.shared.queue.push(out) {
             Ok(()) => Offer::Sent,
-            Err(mpsc::error::TrySendError::Full(_)) => Offer::Dropped(CloseReason::SlowConsumer),
-            Err(mpsc::error::TrySendError::Closed(_)) => Offer::Dropped(CloseReason::GoingAway),
+            Err(PushError::Full) => Offer::Dropped(CloseReason::SlowConsumer),
+            Err(PushError::Closed) => Offer::Dropped(CloseReason::GoingAway),
         }
     }
 
@@ -505,15 +515,13 @@ impl Hub {
         let id = new.id;
         let (_, now_ms) = now_rfc3339();
         let conn = Conn {
-            tx: new.tx,
             shared: new.shared,
             identity: new.identity,
             remote: new.remote,
             connected_at_ms: now_ms,
             channels: Vec::new(),
             last_round: 0,
-            pending: Vec::new(),
-            live_seqs: Vec::new(),
+            resuming: None,
             auto_floor: match &new.resume {
                 Some(r) if r.epoch.as_deref() == Some(self.engine.epoch().as_str()) => r.since,
                 _ => self.engine.current_seq(),
@@ -582,7 +590,8 @@ impl Hub {
         self.next_ticket += 1;
         let ticket = self.next_ticket;
         let read_since = if epoch_ok { since } else { None };
-        conn.pending.push(Pending { ticket, kind, streams: streams.clone(), since, epoch_ok, buffer: Vec::new() });
+        let resuming = conn.resuming.get_or_insert_with(Box::default);
+        resuming.pending.push(Pending { ticket, kind, streams: streams.clone(), since, epoch_ok, buffer: Vec::new() });
         let (engine, handle) = (Arc::clone(&self.engine), self.handle.clone());
         tokio::spawn(async move {
             let result = engine.replay(streams, read_since).await;
@@ -596,10 +605,16 @@ impl Hub {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        let Some(index) = conn.pending.iter().position(|p| p.ticket == ticket) else {
+        let Some(resuming) = conn.resuming.as_mut() else { return };
+        let Some(index) = resuming.pending.iter().position(|p| p.ticket == ticket) else {
             return;
         };
-        let pending = conn.pending.remove(index);
+        let pending = resuming.pending.remove(index);
+        let live_seqs = if resuming.pending.is_empty() {
+            conn.resuming.take().map(|r| r.live_seqs).unwrap_or_default()
+        } else {
+            resuming.live_seqs.clone()
+        };
         let (replay, engine_ok) = match result {
             Ok(replay) => (replay, true),
             Err(e) => {
@@ -616,7 +631,7 @@ impl Hub {
         if let Some(since) = pending.since.filter(|_| pending.epoch_ok) {
             for event in replay.events.iter().filter(|e| e.seq > since) {
                 let via_auto = event.seq > conn.auto_floor && event.targets.iter().any(|t| auto.contains(t));
-                if via_auto || conn.live_seqs.contains(&event.seq) {
+                if via_auto || live_seqs.contains(&event.seq) {
                     continue;
                 }
                 let label =
@@ -630,9 +645,6 @@ impl Hub {
             if replayed_seqs.binary_search(&delivery.event.seq).is_err() {
                 events.push(Outbound::Event(delivery, index));
             }
-        }
-        if conn.pending.is_empty() {
-            conn.live_seqs.clear();
         }
         let reply = match &pending.kind {
             PendingKind::Connect => self.connected_frame(id, recovery),
@@ -672,7 +684,9 @@ impl Hub {
         let frame = match conn.channels.iter().position(|c| c == channel) {
             Some(index) => {
                 conn.channels.swap_remove(index);
-                conn.pending.retain(|p| !matches!(&p.kind, PendingKind::Subscribe(c) if c == channel));
+                if let Some(resuming) = &mut conn.resuming {
+                    resuming.pending.retain(|p| !matches!(&p.kind, PendingKind::Subscribe(c) if c == channel));
+                }
                 self.leave(id, channel);
                 to_frame(&json!({"type": "hub:unsubscribed", "channel": channel}))
             }
@@ -684,7 +698,7 @@ impl Hub {
         self.push_or_drop(id, Outbound::frame(frame));
     }
 
-    fn identify(&mut self, id: ConnId, identity: Identity) {
+    fn identify(&mut self, id: ConnId, identity: Arc<Identity>) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };

@@ -12,6 +12,7 @@
 //! - [`history`]: per-stream in-memory history.
 //! - [`idempotency`]: once-only publish by key.
 //! - [`store`]: durable history on disk for `--data-dir`.
+//! - [`queue`]: a connection's bounded send queue.
 //! - [`metrics`]: Prometheus counters.
 //! - [`http`]: the router and handlers.
 //! - [`app`]: state shared by handlers and connections.
@@ -28,6 +29,7 @@ pub mod idempotency;
 pub mod metrics;
 pub mod namespace;
 pub mod protocol;
+pub mod queue;
 pub mod stats;
 pub mod store;
 
