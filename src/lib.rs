@@ -37,6 +37,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -103,6 +104,12 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
     let router = http::router(Arc::clone(&app));
     let service = router.into_make_service_with_connect_info::<SocketAddr>();
     let server_stop = CancellationToken::new();
+    // Events are small frames that must leave at once: no Nagle delay.
+    let listener = listener.tap_io(|stream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let serve = axum::serve(listener, service).with_graceful_shutdown(server_stop.clone().cancelled_owned());
     let server = tokio::spawn(async move { serve.await });
     shutdown.cancelled().await;

@@ -6,8 +6,22 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 use wshub::config::{Config, LogFormat};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    runtime()?.block_on(run())
+}
+
+/// A runtime sized to the cores this process may use: one worker per core, or the cheaper
+/// single-threaded scheduler when it is pinned to one core.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    if cores == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(cores).enable_all().build()
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let config = match Config::load() {
         Ok(config) => config,
         Err(err) => {
