@@ -40,7 +40,12 @@ pub struct History {
     evicted_upto: u64,
     /// Trim floor of streams first seen after a restart from durable storage.
     restored_floor: u64,
+    /// Unix ms of the last expiry pass.
+    expired_at_ms: u64,
 }
+
+/// Least time between two expiry passes (the TTL is honoured to within this).
+const EXPIRE_EVERY_MS: u64 = 250;
 
 impl History {
     /// Empty history keeping `size` events per stream for `ttl_ms` milliseconds.
@@ -55,6 +60,7 @@ impl History {
             pruned_at_len: 0,
             evicted_upto: 0,
             restored_floor: 0,
+            expired_at_ms: 0,
         }
     }
 
@@ -97,6 +103,11 @@ impl History {
     /// Drops events older than the TTL and forgets streams left empty.
     /// Returns the seqs of events that left the history entirely.
     pub fn expire(&mut self, now_ms: u64) -> Vec<u64> {
+        // A full pass visits every stream, so it runs at most every EXPIRE_EVERY_MS.
+        if now_ms < self.expired_at_ms + EXPIRE_EVERY_MS {
+            return Vec::new();
+        }
+        self.expired_at_ms = now_ms;
         let cutoff = now_ms.saturating_sub(self.ttl_ms);
         let mut popped = Vec::new();
         let mut forgotten = self.forgotten_upto;

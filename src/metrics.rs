@@ -12,6 +12,8 @@ pub struct Metrics {
     pub connections_total: IntCounter,
     /// Events published, by namespace (`broadcast`, `user`, `role`, or the channel prefix).
     pub events_by_namespace: IntCounterVec,
+    /// `events_by_namespace` for `broadcast`, looked up once (the common case).
+    pub events_broadcast: IntCounter,
     /// Events fanned out by this node's hub.
     pub events_published: IntCounter,
     /// Frames queued to connections.
@@ -71,6 +73,7 @@ impl Metrics {
             registry,
             connections,
             connections_total,
+            events_broadcast: events_by_namespace.with_label_values(&["broadcast"]),
             events_by_namespace,
             events_published,
             deliveries,

@@ -8,6 +8,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -55,7 +56,7 @@ async fn notify(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     authorize(&app, &headers, peer)?;
     let reject = |reason: &str, err: ApiError| {
         app.metrics.publish_rejected.with_label_values(&[reason]).inc();
@@ -87,29 +88,39 @@ async fn notify(
     for a in &accepted {
         count_namespaces(&app, &a.event);
     }
-    let described: Vec<(String, Vec<String>)> =
-        accepted.iter().map(|a| (a.event.kind.clone(), a.event.targets.clone())).collect();
+    let described: Option<Vec<(String, Vec<String>)>> = tracing::enabled!(tracing::Level::DEBUG)
+        .then(|| accepted.iter().map(|a| (a.event.kind.clone(), a.event.targets.clone())).collect());
     let events = accepted.into_iter().map(|a| a.event).collect();
     let published = app.engine.publish(events, key).await?;
-    if tracing::enabled!(tracing::Level::DEBUG) {
+    if let Some(described) = described {
         for (p, (kind, targets)) in published.iter().zip(&described) {
             tracing::debug!(id = %p.id, seq = p.seq, kind, ?targets, recipients = ?p.recipients, %peer, "published");
         }
     }
-    Ok(Json(if batch { Value::Array(published.iter().map(result).collect()) } else { result(&published[0]) }))
+    let answers: Vec<Answer> = published.iter().map(Answer::from).collect();
+    Ok(if batch { Json(answers).into_response() } else { Json(&answers[0]).into_response() })
 }
 
-fn result(p: &Published) -> Value {
-    let mut v = serde_json::json!({"success": true, "id": p.id, "seq": p.seq, "recipients": p.recipients});
-    if let Some(nodes) = p.nodes {
-        v["nodes"] = nodes.into();
+/// The answer for one published event (`nodes` only in cluster mode).
+#[derive(serde::Serialize)]
+struct Answer<'a> {
+    success: bool,
+    id: &'a str,
+    seq: u64,
+    recipients: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nodes: Option<usize>,
+}
+
+impl<'a> From<&'a Published> for Answer<'a> {
+    fn from(p: &'a Published) -> Self {
+        Self { success: true, id: &p.id, seq: p.seq, recipients: p.recipients, nodes: p.nodes }
     }
-    v
 }
 
 fn count_namespaces(app: &AppState, event: &NewEvent) {
     if event.targets.is_empty() {
-        app.metrics.events_by_namespace.with_label_values(&["broadcast"]).inc();
+        app.metrics.events_broadcast.inc();
     }
     for target in &event.targets {
         app.metrics.events_by_namespace.with_label_values(&[namespace_of(target)]).inc();

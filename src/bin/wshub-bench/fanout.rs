@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use crate::http::HttpConn;
 use crate::hubproc::Hub;
-use crate::measure::{CpuMark, await_deliveries, cpu_figures, describe_closed, latency_figures};
+use crate::measure::{CpuMark, aux_cpu_figures, await_deliveries, cpu_figures, describe_closed, latency_figures};
 use crate::pool::Pool;
 use crate::proc_stats::unix_nanos;
 use crate::report::PhaseResult;
@@ -45,14 +45,34 @@ pub fn event_body(epoch_ns: u64, i: usize) -> Bytes {
     Bytes::from(format!(r#"{{"type":"bench","message":"fan-out","data":{{"t":{t},"i":{i}}}}}"#))
 }
 
+/// Whose CPU a fan-out phase charges.
+pub struct CpuSources<'a> {
+    /// Hub processes; their CPU is summed into the `hub_cpu_*` figures.
+    pub hubs: &'a [u32],
+    /// A process reported separately as `redis_cpu_*` (the cluster's Redis).
+    pub redis: Option<u32>,
+}
+
 /// Runs the phase against the clients already connected to `hub`.
 pub async fn run(pool: &mut Pool, hub: &Hub, epoch_ns: u64, p: &FanoutPhase<'_>) -> Result<PhaseResult> {
+    run_with(pool, hub, &CpuSources { hubs: &[hub.pid], redis: None }, epoch_ns, p).await
+}
+
+/// Runs the phase publishing to `hub` while the clients may be connected to other hubs too
+/// (cluster mode), charging the CPU of `cpu`.
+pub async fn run_with(
+    pool: &mut Pool,
+    hub: &Hub,
+    cpu: &CpuSources<'_>,
+    epoch_ns: u64,
+    p: &FanoutPhase<'_>,
+) -> Result<PhaseResult> {
     let mut r = PhaseResult::new(p.key, p.title, hub.kind.name());
     pool.take_latency().await?; // reset counters
     let clients = pool.totals().await?.open;
     let expected = clients * p.events as u64;
     let mut http = HttpConn::connect(hub.addr).await?;
-    let a = CpuMark::take(pool, hub).await?;
+    let a = CpuMark::take_of(pool, cpu.hubs, cpu.redis).await?;
     let first_send = unix_nanos();
     let mut errors = 0u64;
     let mut first_error = None;
@@ -76,7 +96,7 @@ pub async fn run(pool: &mut Pool, hub: &Hub, epoch_ns: u64, p: &FanoutPhase<'_>)
     }
     let send_s = (unix_nanos() - first_send) as f64 / 1e9;
     let totals = await_deliveries(pool, expected, Duration::from_secs(10), p.drain).await?;
-    let b = CpuMark::take(pool, hub).await?;
+    let b = CpuMark::take_of(pool, cpu.hubs, cpu.redis).await?;
     let (totals2, hist) = pool.take_latency().await?;
     let received = totals.received.max(totals2.received);
     let last = totals.last_recv_ns.max(totals2.last_recv_ns);
@@ -102,6 +122,9 @@ pub async fn run(pool: &mut Pool, hub: &Hub, epoch_ns: u64, p: &FanoutPhase<'_>)
         m.push("event_bytes", totals2.event_bytes.max(totals.event_bytes) as f64 / received as f64, "B");
     }
     cpu_figures(&mut r, a, b, received, "delivery", p.gen_cores);
+    if cpu.redis.is_some() {
+        aux_cpu_figures(&mut r, "redis", a, b, received, "delivery");
+    }
     if received < expected {
         r.fail(format!("{} of {expected} deliveries lost", expected - received));
     }

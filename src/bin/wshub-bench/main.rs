@@ -3,12 +3,14 @@
 //! It starts the hub under test itself (pinned to one core with `taskset`), pins itself and its
 //! worker processes to another core, and measures over real loopback sockets: connect rate and
 //! idle RSS, broadcast fan-out (paced and burst) with end-to-end latency and hub CPU per
-//! delivery, targeted delivery to JWT users, the `/notify` API, the maximum client count, and the
-//! kernel's floor cost of one loopback send. `--compare` runs the same scenarios against the
-//! reference Go hub, alternating, and reports wshub/go ratios.
+//! delivery, targeted delivery to JWT users, the `/notify` API, the maximum client count, the
+//! kernel's floor cost of one loopback send, and the paced fan-out through a two-node cluster
+//! sharing a Redis it starts itself (the extra latency of the hop). `--compare` runs the same
+//! scenarios against the reference Go hub, alternating, and reports wshub/go ratios.
 //!
 //! Results go to stdout as markdown and to `--json PATH`.
 
+mod cluster;
 mod connect;
 mod fanout;
 mod hist;
@@ -19,6 +21,7 @@ mod pool;
 mod probe;
 mod proc_stats;
 mod publish;
+mod redisproc;
 mod report;
 mod suite;
 mod targeted;
@@ -140,6 +143,9 @@ struct RunArgs {
     /// Phase groups: connect, fanout, targeted, publish, max, probe, cluster, or all.
     #[arg(long, value_delimiter = ',', default_value = "all")]
     phases: Vec<String>,
+    /// redis-server executable the cluster phase starts (a bare name is looked up in $PATH).
+    #[arg(long, default_value = "redis-server")]
+    redis_bin: PathBuf,
     /// Source addresses 127.0.0.2 .. 127.0.0.(K+1) for client sockets.
     #[arg(long, default_value_t = 32)]
     source_ips: u8,
@@ -292,6 +298,7 @@ async fn run(a: RunArgs) -> Result<()> {
         connect_concurrency: a.connect_concurrency,
         drain: Duration::from_secs(a.drain_secs),
         phases: a.phases.clone(),
+        redis_bin: a.redis_bin.clone(),
         per_worker,
         src_ips,
         epoch_ns,

@@ -13,8 +13,10 @@ use crate::report::{Metrics, PhaseResult};
 /// CPU counters of the hub and of the whole load generator at one instant.
 #[derive(Clone, Copy, Debug)]
 pub struct CpuMark {
-    /// Hub CPU seconds so far.
+    /// Hub CPU seconds so far (summed over every node in cluster mode).
     pub hub: f64,
+    /// CPU seconds so far of a helper process charged separately (Redis in cluster mode), else 0.
+    pub aux: f64,
     /// Generator CPU seconds so far (this process plus its workers).
     pub gen_cpu: f64,
     /// Busy CPU seconds of the whole machine so far.
@@ -26,9 +28,19 @@ pub struct CpuMark {
 impl CpuMark {
     /// Takes a mark (asks the workers for their CPU time).
     pub async fn take(pool: &mut Pool, hub: &Hub) -> Result<Self> {
+        Self::take_of(pool, &[hub.pid], None).await
+    }
+
+    /// Takes a mark charging the hub CPU of every pid in `hubs` and, separately, `aux`'s.
+    pub async fn take_of(pool: &mut Pool, hubs: &[u32], aux: Option<u32>) -> Result<Self> {
         let workers = pool.totals().await?.cpu_s;
+        let mut hub = 0.0;
+        for &pid in hubs {
+            hub += proc_stats::cpu_seconds(pid)?;
+        }
         Ok(Self {
-            hub: proc_stats::cpu_seconds(hub.pid)?,
+            hub,
+            aux: aux.map(proc_stats::cpu_seconds).transpose()?.unwrap_or(0.0),
             gen_cpu: proc_stats::self_cpu_seconds() + workers,
             machine: proc_stats::machine_busy_seconds(),
             at: Instant::now(),
@@ -50,7 +62,8 @@ pub fn cpu_figures(r: &mut PhaseResult, a: CpuMark, b: CpuMark, work: u64, per: 
     r.metrics.push("hub_cpu_util", 100.0 * hub / wall, "% of 1 core");
     r.metrics.push("gen_cpu_s", gen_cpu, "s");
     r.metrics.push("gen_cpu_util", 100.0 * util, "% of its cores");
-    let foreign = ((b.machine - a.machine) - hub - gen_cpu).max(0.0) / wall;
+    let aux = (b.aux - a.aux).max(0.0);
+    let foreign = ((b.machine - a.machine) - hub - aux - gen_cpu).max(0.0) / wall;
     r.metrics.push("other_cpu_util", 100.0 * foreign, "% of 1 core");
     if foreign > 0.25 {
         r.notes.push(format!(
@@ -65,6 +78,17 @@ pub fn cpu_figures(r: &mut PhaseResult, a: CpuMark, b: CpuMark, work: u64, per: 
             100.0 * util
         ));
     }
+}
+
+/// Adds the CPU figures of the separately charged process (`aux` of the marks) as `{name}_cpu_*`.
+pub fn aux_cpu_figures(r: &mut PhaseResult, name: &str, a: CpuMark, b: CpuMark, work: u64, per: &str) {
+    let wall = b.at.duration_since(a.at).as_secs_f64().max(1e-9);
+    let aux = (b.aux - a.aux).max(0.0);
+    r.metrics.push(&format!("{name}_cpu_s"), aux, "s");
+    if work > 0 {
+        r.metrics.push(&format!("{name}_cpu_us_per_{per}"), aux * 1e6 / work as f64, "µs");
+    }
+    r.metrics.push(&format!("{name}_cpu_util"), 100.0 * aux / wall, "% of 1 core");
 }
 
 /// Latency percentiles in milliseconds (the histogram records microseconds).

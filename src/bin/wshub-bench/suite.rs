@@ -3,10 +3,12 @@
 //! the issue's targets.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
 
+use crate::cluster;
 use crate::connect::{self, ConnectPhase};
 use crate::fanout::{self, FanoutPhase, Pace};
 use crate::hubproc::{Hub, HubKind, HubSpec};
@@ -28,7 +30,9 @@ pub struct Target {
 }
 
 impl Target {
-    fn start(&self, scenario: &str, extra: &[String]) -> Result<Hub> {
+    /// Starts the hub (or wraps the external one) for `scenario`, with `extra` arguments; its log
+    /// goes to `{kind}-{scenario}.log` beside the configured one.
+    pub fn start(&self, scenario: &str, extra: &[String]) -> Result<Hub> {
         if let Some((addr, pid)) = self.external {
             return Ok(Hub::external(self.kind, addr, pid));
         }
@@ -81,6 +85,8 @@ pub struct Config {
     pub drain: Duration,
     /// Phase groups to run: connect/fanout, targeted, publish, max, probe, cluster.
     pub phases: Vec<String>,
+    /// `redis-server` executable of the cluster phase (a bare name is looked up in `$PATH`).
+    pub redis_bin: PathBuf,
     /// Sockets per worker process.
     pub per_worker: usize,
     /// Source addresses for client sockets.
@@ -170,16 +176,23 @@ pub async fn run(cfg: &Config, environment: serde_json::Value) -> Result<Report>
     }
     if cfg.wants("cluster") {
         for t in &cfg.targets {
-            let why = match t.kind {
-                HubKind::Wshub => "cluster mode not implemented yet",
-                HubKind::Go => "the Go hub has no cluster mode",
+            let why = match (t.kind, &t.spawn) {
+                (HubKind::Go, _) => Some("the Go hub has no cluster mode"),
+                (HubKind::Wshub, None) => Some("an external hub (--hub-addr): the cluster phase starts its own nodes"),
+                (HubKind::Wshub, Some(_)) => None,
             };
-            results.push(PhaseResult::not_applicable(
-                "cluster",
-                "Cluster fan-out (2 nodes + Redis)",
-                t.kind.name(),
-                why,
-            ));
+            if let Some(why) = why {
+                results.push(PhaseResult::not_applicable(cluster::KEY, &cluster::title(cfg), t.kind.name(), why));
+                continue;
+            }
+            eprintln!("wshub-bench: scenario cluster against {}", t.kind.name());
+            let (rate, _) = cluster::pace(cfg);
+            let key = format!("fanout_paced_{rate}");
+            let single = results.iter().find(|r| r.key == key && r.target == t.kind.name() && !r.metrics.0.is_empty());
+            let single = single.cloned();
+            let r = cluster::run(&mut pool, cfg, t, single.as_ref()).await;
+            let r = settle(&mut pool, cluster::KEY, t.kind, r).await;
+            results.extend(r);
         }
     }
     pool.shutdown().await?;
@@ -459,6 +472,18 @@ fn summary(rep: &Report, cfg: &Config) -> Vec<SummaryRow> {
         target: "≥ 50,000/s".into(),
         verdict: verdict(tp.map(|v| v >= 50_000.0)),
     });
+    let (rate, _) = cluster::pace(cfg);
+    for q in ["p50", "p99"] {
+        let hop = rep.value(cluster::KEY, "wshub", &format!("hop_latency_{q}_ms"));
+        rows.push(SummaryRow {
+            figure: format!("Cluster (2 nodes + Redis): extra {q} latency of the hop at {rate} ev/s (ms)"),
+            wshub: hop,
+            go: None,
+            ratio: None,
+            target: "stated (issue 6)".into(),
+            verdict: if hop.is_some() { "stated".into() } else { "n/a".into() },
+        });
+    }
     let mw = rep.value("connect_max", "wshub", "connected");
     let mg = rep.value("connect_max", "go", "connected");
     let all_delivered =
