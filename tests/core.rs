@@ -7,7 +7,6 @@ use std::time::Duration;
 use common::*;
 use futures_util::SinkExt;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -171,20 +170,6 @@ async fn garbage_frames_get_hub_errors_and_the_connection_stays_up() {
     hub.notify(json!({"type": "ok"})).await;
     assert_eq!(c.next_event().await["type"], "ok");
     hub.stop().await;
-}
-
-/// Performs a WebSocket handshake on a raw TCP socket and then never reads again.
-async fn never_reading_client(hub: &TestHub) -> tokio::net::TcpStream {
-    let mut s = tokio::net::TcpStream::connect(hub.addr).await.expect("connect");
-    let req = format!(
-        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        hub.addr
-    );
-    s.write_all(req.as_bytes()).await.expect("handshake");
-    let mut buf = [0u8; 1024];
-    let n = s.read(&mut buf).await.expect("response");
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 101"), "upgrade refused");
-    s
 }
 
 #[tokio::test]

@@ -12,7 +12,6 @@ use std::time::Duration;
 use common::*;
 use prometheus_parse::{Sample, Scrape, Value as PromValue};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SECRET: &str = "observability-test-secret";
 const KEY: &str = "observability-api-key";
@@ -77,20 +76,6 @@ fn value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
         Some(PromValue::Counter(v) | PromValue::Gauge(v) | PromValue::Untyped(v)) => *v,
         Some(other) => panic!("{metric} is not a scalar: {other:?}"),
     }
-}
-
-/// Performs a WebSocket handshake on a raw TCP socket and then never reads again.
-async fn never_reading_client(hub: &TestHub) -> tokio::net::TcpStream {
-    let mut s = tokio::net::TcpStream::connect(hub.addr).await.expect("connect");
-    let req = format!(
-        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        hub.addr
-    );
-    s.write_all(req.as_bytes()).await.expect("handshake");
-    let mut buf = [0u8; 1024];
-    let n = s.read(&mut buf).await.expect("response");
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 101"), "upgrade refused");
-    s
 }
 
 /// Connects with a token that must be refused and waits for the 4001 close.

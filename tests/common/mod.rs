@@ -463,3 +463,17 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// Performs a WebSocket handshake on a raw TCP socket and then never reads again.
+pub async fn never_reading_client(hub: &TestHub) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(hub.addr).await.expect("connect");
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        hub.addr
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes()).await.expect("handshake");
+    let mut buf = [0u8; 1024];
+    let n = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await.expect("response");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 101"), "upgrade refused");
+    s
+}
