@@ -553,21 +553,18 @@ impl Hub {
             return Utf8Bytes::from_static("{}");
         };
         let who = &conn.identity;
-        let mut frame = json!({
-            "type": "hub:connected",
-            "client_id": self.handle.client_id(id),
-            "user": who.user,
-            "role": who.role(),
-            "roles": who.roles,
-            "channels": who.auto_streams(),
-            "epoch": self.engine.epoch(),
-            "seq": self.engine.current_seq(),
-        });
-        if let Some((recovered, replayed)) = recovery {
-            frame["recovered"] = recovered.into();
-            frame["replayed"] = replayed.into();
-        }
-        to_frame(&frame)
+        to_frame(&ConnectedFrame {
+            kind: "hub:connected",
+            client_id: self.handle.client_id(id),
+            user: who.user.as_deref(),
+            role: who.role(),
+            roles: &who.roles,
+            channels: who.auto_streams(),
+            epoch: self.engine.epoch(),
+            seq: self.engine.current_seq(),
+            recovered: recovery.map(|r| r.0),
+            replayed: recovery.map(|r| r.1),
+        })
     }
 
     /// Marks `streams` as pending for `id` and asks the engine for their history.
@@ -894,6 +891,24 @@ impl Hub {
         stats.top_channels = channels;
         stats
     }
+}
+
+/// `hub:connected`, typed: it is built for every connection.
+#[derive(Serialize)]
+struct ConnectedFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    client_id: String,
+    user: Option<&'a str>,
+    role: Option<&'a str>,
+    roles: &'a [String],
+    channels: Vec<String>,
+    epoch: String,
+    seq: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recovered: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replayed: Option<usize>,
 }
 
 fn subscribed_frame(channel: &str, epoch: &str, head: u64, recovery: Option<(bool, usize)>) -> Utf8Bytes {

@@ -29,7 +29,7 @@ async fn run() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    init_tracing(config.log_format);
+    let _log_flush = init_tracing(config.log_format);
     let listener = TcpListener::bind(config.addr).await.with_context(|| format!("cannot listen on {}", config.addr))?;
     let addr = listener.local_addr()?;
     if config.cors_origins.is_empty() && !addr.ip().is_loopback() {
@@ -46,13 +46,17 @@ async fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_tracing(format: LogFormat) {
+/// Logs to stderr from a background thread, so a busy hub never waits on its log output (one
+/// line per connection open and close). The guard flushes what is left when `main` returns.
+fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    guard
 }
 
 /// Cancels `shutdown` on Ctrl-C (all platforms) or SIGTERM (Unix).
