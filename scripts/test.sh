@@ -21,6 +21,7 @@ need_pkg() { # need_pkg <command> <debian package>
 }
 
 need_pkg redis-server redis-server
+need_pkg openssl openssl
 need_pkg chromium chromium
 need_pkg node nodejs
 need_pkg npm npm
