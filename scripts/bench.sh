@@ -3,7 +3,8 @@
 # is missing), then runs the standard benchmark suite (issue 7):
 #   10k clients: connect rate + idle RSS, fan-out paced at 2 and 20 events/s, a burst,
 #   targeted delivery to 10k JWT users, the /notify API, the max-clients run (fd limit - 100),
-#   and the kernel-floor probe.
+#   the kernel-floor probe, and the paced fan-out through 2 cluster nodes + a Redis it starts
+#   (needs redis-server in PATH; the Go hub has no cluster mode).
 # Writes target/bench/results.json and target/bench/results.md (hub logs in target/bench/logs/).
 #
 # Usage: scripts/bench.sh [--compare] [--quick] [any other wshub-bench option]

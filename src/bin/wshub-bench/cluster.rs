@@ -12,7 +12,7 @@ use crate::http::HttpConn;
 use crate::hubproc::Hub;
 use crate::measure::await_deliveries;
 use crate::pool::{ConnectOutcome, ConnectRequest, Pool};
-use crate::redisproc::RedisServer;
+use crate::redisproc::{self, RedisServer};
 use crate::report::{PhaseResult, Status};
 use crate::suite::{Config, Target};
 
@@ -38,6 +38,12 @@ pub fn title(cfg: &Config) -> String {
 /// Returns the single-node column, then the cluster's.
 pub async fn run(pool: &mut Pool, cfg: &Config, t: &Target, single: Option<&PhaseResult>) -> Result<Vec<PhaseResult>> {
     let title = title(cfg);
+    if redisproc::locate(&cfg.redis_bin).is_none() {
+        let mut r = PhaseResult::new(KEY, &title, t.kind.name());
+        let bin = cfg.redis_bin.display();
+        r.fail(format!("{bin} not found (install Redis or pass --redis-bin): the cluster phase needs it"));
+        return Ok(vec![r]);
+    }
     let single = match single {
         Some(s) => {
             let mut s = s.clone();
