@@ -6,6 +6,8 @@
 //! WSHUB_TOKEN=<jwt> cargo run --example client -- ws://127.0.0.1:8080/ws
 //! ```
 
+use std::io::Write;
+
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -27,7 +29,13 @@ async fn main() -> anyhow::Result<()> {
                 let frame: Value = serde_json::from_str(&text)?;
                 match frame["type"].as_str().unwrap_or_default() {
                     kind if kind.starts_with("hub:") => eprintln!("control: {frame}"),
-                    kind => println!("[{}] {kind}: {} {}", frame["channel"], frame["message"], frame["data"]),
+                    kind => writeln!(
+                        std::io::stdout(),
+                        "[{}] {kind}: {} {}",
+                        frame["channel"],
+                        frame["message"],
+                        frame["data"]
+                    )?,
                 }
             }
             Message::Close(frame) => {

@@ -306,7 +306,8 @@ async fn run(a: RunArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let report = suite::run(&cfg, environment(&a, nofile, pinned)).await?;
     let md = report.to_markdown();
-    println!("{md}");
+    // The report is this tool's output: write it to stdout explicitly.
+    std::io::Write::write_all(&mut std::io::stdout().lock(), format!("{md}\n").as_bytes())?;
     if let Some(path) = &a.json {
         write_file(path, &serde_json::to_string_pretty(&report)?)?;
     }
