@@ -2,13 +2,11 @@
 //! events out. It is fed by two channels: commands (bounded; from connections and HTTP handlers)
 //! and deliveries (unbounded, so the engine can hand over events in seq order without awaiting).
 //!
-//! The hub never awaits a client: it `try_send`s into each bounded queue, and a full queue means a
-//! slow consumer, dropped with close code 4003.
+//! The hub never awaits a client: it pushes into each bounded send queue without waiting, and a
+//! full queue means a slow consumer, dropped with close code 4003.
 //!
-//! Resume is exact because subscribing and replaying are one step per stream: the hub first
-//! routes the stream's live events for that connection into a buffer, then asks the engine for
-//! history; when the history arrives it sends the reply, the missed events, and the buffered live
-//! events, skipping any seq already sent, and only then switches the stream to live delivery.
+//! Resume is exact because subscribing and replaying are one step per stream (see `resume`);
+//! `queries` answers the admin endpoints.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -16,7 +14,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::ws::Utf8Bytes;
-use serde::Serialize;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
@@ -28,6 +25,13 @@ use crate::metrics::Metrics;
 use crate::namespace::Namespaces;
 use crate::protocol::{BROADCAST, CloseReason, Delivery, error_frame, now_rfc3339, to_frame};
 use crate::queue::PushError;
+
+mod queries;
+mod resume;
+
+pub use queries::{ClientInfo, HubStats, PresenceSnapshot};
+pub use resume::Resume;
+use resume::{PendingKind, Resuming};
 
 /// A connection's number, unique in this process.
 pub type ConnId = u64;
@@ -62,15 +66,6 @@ impl Outbound {
     }
 }
 
-/// Where a resume starts.
-#[derive(Debug, Clone)]
-pub struct Resume {
-    /// Last seq the client saw.
-    pub since: u64,
-    /// Epoch that seq belongs to.
-    pub epoch: Option<String>,
-}
-
 /// A connection being handed to the hub.
 pub struct NewConn {
     /// Its number.
@@ -83,53 +78,6 @@ pub struct NewConn {
     pub remote: SocketAddr,
     /// Resume of the automatic streams, if asked.
     pub resume: Option<Resume>,
-}
-
-/// One row of `GET /clients`.
-#[derive(Debug, Clone, Serialize)]
-pub struct ClientInfo {
-    /// Client id.
-    pub client_id: String,
-    /// User (token `sub`).
-    pub user: Option<String>,
-    /// First role (as in `hub:connected`).
-    pub role: Option<String>,
-    /// Roles.
-    pub roles: Vec<String>,
-    /// Subscribed channels (automatic streams not included).
-    pub channels: Vec<String>,
-    /// Peer address.
-    pub remote: String,
-    /// Unix ms of connect.
-    pub connected_at_ms: u64,
-    /// Unix ms of the last frame received.
-    pub last_activity_ms: u64,
-}
-
-/// Counts for `/stats` and `/health`.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct HubStats {
-    /// Open connections.
-    pub connections: usize,
-    /// Connections with a verified token.
-    pub authenticated: usize,
-    /// Anonymous connections.
-    pub anonymous: usize,
-    /// Connections per role.
-    pub by_role: HashMap<String, usize>,
-    /// Streams with at least one local subscriber (automatic ones included).
-    pub channels: usize,
-    /// Busiest streams, most subscribers first (at most 20).
-    pub top_channels: Vec<(String, usize)>,
-}
-
-/// Users (with connection counts) and anonymous connections in one stream.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct PresenceSnapshot {
-    /// (user, connections), sorted by user.
-    pub users: Vec<(String, usize)>,
-    /// Connections without a user.
-    pub anonymous: usize,
 }
 
 /// Requests to the hub.
@@ -297,28 +245,6 @@ pub fn channel(node: &str) -> (HubHandle, HubInbox) {
     let (dtx, drx) = mpsc::unbounded_channel();
     let handle = HubHandle { commands: ctx, deliveries: dtx, next_id: Arc::new(AtomicU64::new(0)), node: node.into() };
     (handle, HubInbox { commands: crx, deliveries: drx })
-}
-
-enum PendingKind {
-    Connect,
-    Subscribe(String),
-}
-
-/// A resume in progress: live events of `streams` wait in `buffer` until history arrives.
-struct Pending {
-    ticket: u64,
-    kind: PendingKind,
-    streams: Vec<String>,
-    since: Option<u64>,
-    epoch_ok: bool,
-    buffer: Vec<(Arc<Delivery>, u32)>,
-}
-
-/// The resumes of one connection and the seqs sent live meanwhile (so a replay skips them).
-#[derive(Default)]
-struct Resuming {
-    pending: Vec<Pending>,
-    live_seqs: Vec<u64>,
 }
 
 struct Conn {
@@ -548,111 +474,6 @@ impl Hub {
         }
     }
 
-    fn connected_frame(&self, id: ConnId, recovery: Option<(bool, usize)>) -> Utf8Bytes {
-        let Some(conn) = self.conns.get(&id) else {
-            return Utf8Bytes::from_static("{}");
-        };
-        let who = &conn.identity;
-        to_frame(&ConnectedFrame {
-            kind: "hub:connected",
-            client_id: self.handle.client_id(id),
-            user: who.user.as_deref(),
-            role: who.role(),
-            roles: &who.roles,
-            channels: who.auto_streams(),
-            epoch: self.engine.epoch(),
-            seq: self.engine.current_seq(),
-            recovered: recovery.map(|r| r.0),
-            replayed: recovery.map(|r| r.1),
-        })
-    }
-
-    /// Marks `streams` as pending for `id` and asks the engine for their history.
-    fn start_pending(&mut self, id: ConnId, kind: PendingKind, streams: Vec<String>, resume: Resume) {
-        let epoch_ok = resume.epoch.as_deref() == Some(self.engine.epoch().as_str());
-        self.start_pending_since(id, kind, streams, Some(resume.since), epoch_ok);
-    }
-
-    fn start_pending_since(
-        &mut self,
-        id: ConnId,
-        kind: PendingKind,
-        streams: Vec<String>,
-        since: Option<u64>,
-        epoch_ok: bool,
-    ) {
-        let Some(conn) = self.conns.get_mut(&id) else {
-            return;
-        };
-        self.next_ticket += 1;
-        let ticket = self.next_ticket;
-        let read_since = if epoch_ok { since } else { None };
-        let resuming = conn.resuming.get_or_insert_with(Box::default);
-        resuming.pending.push(Pending { ticket, kind, streams: streams.clone(), since, epoch_ok, buffer: Vec::new() });
-        let (engine, handle) = (Arc::clone(&self.engine), self.handle.clone());
-        tokio::spawn(async move {
-            let result = engine.replay(streams, read_since).await;
-            handle.send(Command::Replayed { id, ticket, result }).await;
-        });
-    }
-
-    /// Sends the resume reply, the missed events and the buffered live ones, then goes live.
-    fn replayed(&mut self, id: ConnId, ticket: u64, result: Result<Replay, EngineError>) {
-        let epoch = self.engine.epoch();
-        let Some(conn) = self.conns.get_mut(&id) else {
-            return;
-        };
-        let Some(resuming) = conn.resuming.as_mut() else { return };
-        let Some(index) = resuming.pending.iter().position(|p| p.ticket == ticket) else {
-            return;
-        };
-        let pending = resuming.pending.remove(index);
-        let live_seqs = if resuming.pending.is_empty() {
-            conn.resuming.take().map(|r| r.live_seqs).unwrap_or_default()
-        } else {
-            resuming.live_seqs.clone()
-        };
-        let (replay, engine_ok) = match result {
-            Ok(replay) => (replay, true),
-            Err(e) => {
-                tracing::warn!(error = %e, conn = id, "history unavailable for resume");
-                (Replay::default(), false)
-            }
-        };
-        let mut events = Vec::new();
-        let mut replayed_seqs = Vec::new();
-        let auto = match pending.kind {
-            PendingKind::Subscribe(_) => conn.identity.auto_streams(),
-            PendingKind::Connect => Vec::new(),
-        };
-        if let Some(since) = pending.since.filter(|_| pending.epoch_ok) {
-            for event in replay.events.iter().filter(|e| e.seq > since) {
-                let via_auto = event.seq > conn.auto_floor && event.targets.iter().any(|t| auto.contains(t));
-                if via_auto || live_seqs.contains(&event.seq) {
-                    continue;
-                }
-                let label =
-                    pending.streams.iter().find(|s| event.targets.contains(s)).map_or(BROADCAST, String::as_str);
-                events.push(Outbound::frame(event.frame(label, &epoch)));
-                replayed_seqs.push(event.seq);
-            }
-        }
-        let recovery = pending.since.map(|_| (pending.epoch_ok && engine_ok && replay.recovered, replayed_seqs.len()));
-        for (delivery, index) in pending.buffer {
-            if replayed_seqs.binary_search(&delivery.event.seq).is_err() {
-                events.push(Outbound::Event(delivery, index));
-            }
-        }
-        let reply = match &pending.kind {
-            PendingKind::Connect => self.connected_frame(id, recovery),
-            PendingKind::Subscribe(channel) => subscribed_frame(channel, &epoch, replay.head, recovery),
-        };
-        let mut items = Vec::with_capacity(events.len() + 1);
-        items.push(Outbound::frame(reply));
-        items.extend(events);
-        self.push_or_drop(id, Outbound::batch(items));
-    }
-
     fn subscribe(&mut self, id: ConnId, channel: String, resume: Option<Resume>) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
@@ -809,113 +630,4 @@ impl Hub {
         }
         self.metrics.connections.set(self.conns.len() as i64);
     }
-
-    fn kick(&mut self, client_id: Option<&str>, user: Option<&str>) -> usize {
-        let by_client = client_id.and_then(|c| self.local_id(c));
-        let targets: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(|(id, conn)| Some(**id) == by_client || (user.is_some() && conn.identity.user.as_deref() == user))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in &targets {
-            self.drop_conn(*id, Some(CloseReason::Kicked));
-        }
-        targets.len()
-    }
-
-    fn clients(&self, offset: usize, limit: usize) -> (usize, Vec<ClientInfo>) {
-        let mut ids: Vec<&ConnId> = self.conns.keys().collect();
-        ids.sort_unstable();
-        let page = ids
-            .into_iter()
-            .skip(offset)
-            .take(limit)
-            .filter_map(|id| self.conns.get(id).map(|c| (id, c)))
-            .map(|(id, c)| ClientInfo {
-                client_id: self.handle.client_id(*id),
-                user: c.identity.user.clone(),
-                role: c.identity.role().map(str::to_string),
-                roles: c.identity.roles.clone(),
-                channels: c.channels.clone(),
-                remote: c.remote.to_string(),
-                connected_at_ms: c.connected_at_ms,
-                last_activity_ms: c.shared.last_activity_ms(),
-            })
-            .collect();
-        (self.conns.len(), page)
-    }
-
-    fn channel_counts(&self) -> Vec<(String, usize)> {
-        let mut list: Vec<(String, usize)> =
-            self.streams.iter().map(|(name, subs)| (name.clone(), subs.len())).collect();
-        list.push((BROADCAST.to_string(), self.conns.len()));
-        list.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        list
-    }
-
-    fn presence(&self, channel: &str) -> (Vec<(String, usize)>, usize) {
-        let ids: Vec<ConnId> = if channel == BROADCAST {
-            self.conns.keys().copied().collect()
-        } else {
-            self.streams.get(channel).map(|s| s.iter().copied().collect()).unwrap_or_default()
-        };
-        let mut users: HashMap<String, usize> = HashMap::new();
-        let mut anonymous = 0;
-        for conn in ids.iter().filter_map(|id| self.conns.get(id)) {
-            match &conn.identity.user {
-                Some(user) => *users.entry(user.clone()).or_default() += 1,
-                None => anonymous += 1,
-            }
-        }
-        let mut users: Vec<(String, usize)> = users.into_iter().collect();
-        users.sort();
-        (users, anonymous)
-    }
-
-    fn stats(&self) -> HubStats {
-        let mut stats = HubStats { connections: self.conns.len(), ..Default::default() };
-        for conn in self.conns.values() {
-            if conn.identity.is_authenticated() {
-                stats.authenticated += 1;
-            } else {
-                stats.anonymous += 1;
-            }
-            for role in &conn.identity.roles {
-                *stats.by_role.entry(role.clone()).or_default() += 1;
-            }
-        }
-        let mut channels = self.channel_counts();
-        stats.channels = channels.len();
-        channels.truncate(20);
-        stats.top_channels = channels;
-        stats
-    }
-}
-
-/// `hub:connected`, typed: it is built for every connection.
-#[derive(Serialize)]
-struct ConnectedFrame<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    client_id: String,
-    user: Option<&'a str>,
-    role: Option<&'a str>,
-    roles: &'a [String],
-    channels: Vec<String>,
-    epoch: String,
-    seq: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    recovered: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    replayed: Option<usize>,
-}
-
-fn subscribed_frame(channel: &str, epoch: &str, head: u64, recovery: Option<(bool, usize)>) -> Utf8Bytes {
-    let mut frame = json!({"type": "hub:subscribed", "channel": channel, "epoch": epoch, "seq": head});
-    if let Some((recovered, replayed)) = recovery {
-        frame["recovered"] = recovered.into();
-        frame["replayed"] = replayed.into();
-    }
-    to_frame(&frame)
 }

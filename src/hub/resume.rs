@@ -1,0 +1,180 @@
+//! Exact resume: a stream's live events for a connection wait in a buffer while the engine reads
+//! history; then the reply, the missed events and the buffered ones go out, skipping any seq
+//! already sent, and the stream switches to live delivery. Also the `hub:connected` and
+//! `hub:subscribed` frames, which carry the outcome.
+
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
+use serde::Serialize;
+use serde_json::json;
+
+use super::{Command, ConnId, Hub, Outbound};
+use crate::engine::EngineError;
+use crate::history::Replay;
+use crate::protocol::{BROADCAST, Delivery, to_frame};
+
+/// Where a resume starts.
+#[derive(Debug, Clone)]
+pub struct Resume {
+    /// Last seq the client saw.
+    pub since: u64,
+    /// Epoch that seq belongs to.
+    pub epoch: Option<String>,
+}
+
+pub(super) enum PendingKind {
+    Connect,
+    Subscribe(String),
+}
+
+/// A resume in progress: live events of `streams` wait in `buffer` until history arrives.
+pub(super) struct Pending {
+    pub(super) ticket: u64,
+    pub(super) kind: PendingKind,
+    pub(super) streams: Vec<String>,
+    pub(super) since: Option<u64>,
+    pub(super) epoch_ok: bool,
+    pub(super) buffer: Vec<(Arc<Delivery>, u32)>,
+}
+
+/// The resumes of one connection and the seqs sent live meanwhile (so a replay skips them).
+#[derive(Default)]
+pub(super) struct Resuming {
+    pub(super) pending: Vec<Pending>,
+    pub(super) live_seqs: Vec<u64>,
+}
+
+impl Hub {
+    pub(super) fn connected_frame(&self, id: ConnId, recovery: Option<(bool, usize)>) -> Utf8Bytes {
+        let Some(conn) = self.conns.get(&id) else {
+            return Utf8Bytes::from_static("{}");
+        };
+        let who = &conn.identity;
+        to_frame(&ConnectedFrame {
+            kind: "hub:connected",
+            client_id: self.handle.client_id(id),
+            user: who.user.as_deref(),
+            role: who.role(),
+            roles: &who.roles,
+            channels: who.auto_streams(),
+            epoch: self.engine.epoch(),
+            seq: self.engine.current_seq(),
+            recovered: recovery.map(|r| r.0),
+            replayed: recovery.map(|r| r.1),
+        })
+    }
+
+    /// Marks `streams` as pending for `id` and asks the engine for their history.
+    pub(super) fn start_pending(&mut self, id: ConnId, kind: PendingKind, streams: Vec<String>, resume: Resume) {
+        let epoch_ok = resume.epoch.as_deref() == Some(self.engine.epoch().as_str());
+        self.start_pending_since(id, kind, streams, Some(resume.since), epoch_ok);
+    }
+
+    pub(super) fn start_pending_since(
+        &mut self,
+        id: ConnId,
+        kind: PendingKind,
+        streams: Vec<String>,
+        since: Option<u64>,
+        epoch_ok: bool,
+    ) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        self.next_ticket += 1;
+        let ticket = self.next_ticket;
+        let read_since = if epoch_ok { since } else { None };
+        let resuming = conn.resuming.get_or_insert_with(Box::default);
+        resuming.pending.push(Pending { ticket, kind, streams: streams.clone(), since, epoch_ok, buffer: Vec::new() });
+        let (engine, handle) = (Arc::clone(&self.engine), self.handle.clone());
+        tokio::spawn(async move {
+            let result = engine.replay(streams, read_since).await;
+            handle.send(Command::Replayed { id, ticket, result }).await;
+        });
+    }
+
+    /// Sends the resume reply, the missed events and the buffered live ones, then goes live.
+    pub(super) fn replayed(&mut self, id: ConnId, ticket: u64, result: Result<Replay, EngineError>) {
+        let epoch = self.engine.epoch();
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Some(resuming) = conn.resuming.as_mut() else { return };
+        let Some(index) = resuming.pending.iter().position(|p| p.ticket == ticket) else {
+            return;
+        };
+        let pending = resuming.pending.remove(index);
+        let live_seqs = if resuming.pending.is_empty() {
+            conn.resuming.take().map(|r| r.live_seqs).unwrap_or_default()
+        } else {
+            resuming.live_seqs.clone()
+        };
+        let (replay, engine_ok) = match result {
+            Ok(replay) => (replay, true),
+            Err(e) => {
+                tracing::warn!(error = %e, conn = id, "history unavailable for resume");
+                (Replay::default(), false)
+            }
+        };
+        let mut events = Vec::new();
+        let mut replayed_seqs = Vec::new();
+        let auto = match pending.kind {
+            PendingKind::Subscribe(_) => conn.identity.auto_streams(),
+            PendingKind::Connect => Vec::new(),
+        };
+        if let Some(since) = pending.since.filter(|_| pending.epoch_ok) {
+            for event in replay.events.iter().filter(|e| e.seq > since) {
+                let via_auto = event.seq > conn.auto_floor && event.targets.iter().any(|t| auto.contains(t));
+                if via_auto || live_seqs.contains(&event.seq) {
+                    continue;
+                }
+                let label =
+                    pending.streams.iter().find(|s| event.targets.contains(s)).map_or(BROADCAST, String::as_str);
+                events.push(Outbound::frame(event.frame(label, &epoch)));
+                replayed_seqs.push(event.seq);
+            }
+        }
+        let recovery = pending.since.map(|_| (pending.epoch_ok && engine_ok && replay.recovered, replayed_seqs.len()));
+        for (delivery, index) in pending.buffer {
+            if replayed_seqs.binary_search(&delivery.event.seq).is_err() {
+                events.push(Outbound::Event(delivery, index));
+            }
+        }
+        let reply = match &pending.kind {
+            PendingKind::Connect => self.connected_frame(id, recovery),
+            PendingKind::Subscribe(channel) => subscribed_frame(channel, &epoch, replay.head, recovery),
+        };
+        let mut items = Vec::with_capacity(events.len() + 1);
+        items.push(Outbound::frame(reply));
+        items.extend(events);
+        self.push_or_drop(id, Outbound::batch(items));
+    }
+}
+
+/// `hub:connected`, typed: it is built for every connection.
+#[derive(Serialize)]
+struct ConnectedFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    client_id: String,
+    user: Option<&'a str>,
+    role: Option<&'a str>,
+    roles: &'a [String],
+    channels: Vec<String>,
+    epoch: String,
+    seq: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recovered: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replayed: Option<usize>,
+}
+
+fn subscribed_frame(channel: &str, epoch: &str, head: u64, recovery: Option<(bool, usize)>) -> Utf8Bytes {
+    let mut frame = json!({"type": "hub:subscribed", "channel": channel, "epoch": epoch, "seq": head});
+    if let Some((recovered, replayed)) = recovery {
+        frame["recovered"] = recovered.into();
+        frame["replayed"] = replayed.into();
+    }
+    to_frame(&frame)
+}
