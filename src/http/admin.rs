@@ -32,17 +32,13 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
         .route("/dev/token", post(dev_token))
 }
 
-/// Checks the API-key rule and returns the state for the handler.
-fn admin(app: &Arc<AppState>, headers: &HeaderMap, peer: SocketAddr) -> Result<(), ApiError> {
-    authorize(app, headers, peer)
-}
 
 async fn stats(
     State(app): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    admin(&app, &headers, peer)?;
+    authorize(&app, &headers, peer)?;
     let mut body = stats::snapshot(&app).await?;
     body["series"] = app.sampler.series();
     Ok(Json(body))
@@ -53,7 +49,7 @@ async fn metrics(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
-    admin(&app, &headers, peer)?;
+    authorize(&app, &headers, peer)?;
     app.metrics.history_bytes.set(app.engine.history_bytes() as i64);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], app.metrics.render()))
 }
@@ -63,7 +59,7 @@ async fn channels(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    admin(&app, &headers, peer)?;
+    authorize(&app, &headers, peer)?;
     let list = app.hub.ask(|reply| Command::Channels { reply }).await?;
     let rows: Vec<Value> = list.into_iter().map(|(name, n)| json!({"channel": name, "subscribers": n})).collect();
     Ok(Json(json!({ "channels": rows })))
@@ -75,7 +71,7 @@ async fn presence(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    admin(&app, &headers, peer)?;
+    authorize(&app, &headers, peer)?;
     validate_channel(&name).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let (users, anonymous) = match app.engine.cluster_presence(name.clone()).await {
         Some(cluster) => (cluster.users, cluster.anonymous),
@@ -100,7 +96,7 @@ async fn history(
     Path(name): Path<String>,
     query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    admin(&app, &headers, peer)?;
+    authorize(&app, &headers, peer)?;
     validate_channel(&name).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
     let limit = q.limit.unwrap_or(100).min(1000);
@@ -123,7 +119,7 @@ async fn clients(
     headers: HeaderMap,
     query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    admin(&app, &headers, peer)?;
+    authorize(&app, &headers, peer)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
     let limit = q.limit.unwrap_or(100).min(1000);
     let (total, page) = app.hub.ask(|reply| Command::Clients { offset: q.offset, limit, reply }).await?;
@@ -142,7 +138,7 @@ async fn recent_events(
     headers: HeaderMap,
     query: Result<Query<LimitQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    admin(&app, &headers, peer)?;
+    authorize(&app, &headers, peer)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
     let events = stats::recent_events(&app, q.limit.unwrap_or(50).min(1000)).await?;
     Ok(Json(json!({ "events": events })))
@@ -154,7 +150,7 @@ async fn event_by_id(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    admin(&app, &headers, peer)?;
+    authorize(&app, &headers, peer)?;
     match app.engine.find(id.clone()).await? {
         Some(event) => {
             let receipts = app.engine.receipt(Arc::clone(&event)).await;
@@ -177,7 +173,7 @@ async fn disconnect(
     headers: HeaderMap,
     body: Result<Json<DisconnectBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    admin(&app, &headers, peer)?;
+    authorize(&app, &headers, peer)?;
     let Json(body) = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
     if body.client_id.is_none() && body.user.is_none() {
         return Err(ApiError::bad_request("give `client_id` or `user`"));
