@@ -32,7 +32,6 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
         .route("/dev/token", post(dev_token))
 }
 
-
 async fn stats(
     State(app): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

@@ -21,7 +21,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
@@ -31,7 +31,11 @@ use crate::config::Config;
 use crate::history::Replay;
 use crate::hub::{Command, HubHandle, PresenceSnapshot};
 use crate::namespace::Namespaces;
-use crate::protocol::{BROADCAST, Delivery, Event, now_rfc3339};
+use crate::protocol::{Delivery, Event, now_rfc3339};
+
+mod pubsub;
+
+use pubsub::{SubRequest, subscription_manager};
 
 const KEY_EPOCH: &str = "wshub:epoch";
 const KEY_SEQ: &str = "wshub:seq";
@@ -48,60 +52,10 @@ const IDEMPOTENCY_WAIT: Duration = Duration::from_secs(5);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Assigns seqs, writes history and publishes a batch atomically. See the module doc.
-const PUBLISH_SCRIPT: &str = r#"
-local ttl_ms = tonumber(ARGV[1])
-local epoch = redis.call('GET', 'wshub:epoch')
-if not epoch then
-  epoch = ARGV[2]
-  redis.call('SET', 'wshub:epoch', epoch)
-end
-local count = tonumber(ARGV[3])
-local i = 4
-local out = {epoch}
-for e = 1, count do
-  local id = ARGV[i]
-  local body = ARGV[i + 1]
-  local nt = tonumber(ARGV[i + 2])
-  i = i + 3
-  local seq = redis.call('INCR', 'wshub:seq')
-  local payload = '{"seq":' .. seq .. ',"epoch":"' .. epoch .. '",' .. string.sub(body, 2)
-  local receivers = 0
-  for t = 1, nt do
-    local target = ARGV[i]
-    local maxlen = tonumber(ARGV[i + 1])
-    i = i + 2
-    local key = 'wshub:h:' .. target
-    redis.call('XADD', key, seq .. '-0', 'e', payload)
-    local len = redis.call('XLEN', key)
-    if len > maxlen then
-      local old = redis.call('XRANGE', key, '-', '+', 'COUNT', len - maxlen)
-      redis.call('XTRIM', key, 'MAXLEN', maxlen)
-      redis.call('HSET', 'wshub:trim', target, string.match(old[#old][1], '^(%d+)'))
-    end
-    redis.call('PEXPIRE', key, ttl_ms * 2)
-    redis.call('HSET', 'wshub:last', target, seq)
-    local n = redis.call('PUBLISH', 'wshub:c:' .. target, payload)
-    if n > receivers then receivers = n end
-  end
-  redis.call('SET', 'wshub:ev:' .. id, payload, 'PX', ttl_ms)
-  redis.call('LPUSH', 'wshub:recent', payload)
-  table.insert(out, seq)
-  table.insert(out, receivers)
-end
-redis.call('LTRIM', 'wshub:recent', 0, tonumber(ARGV[#ARGV]) - 1)
-return out
-"#;
+const PUBLISH_SCRIPT: &str = include_str!("publish.lua");
 
 /// Recently received events with the write count already flushed to Redis.
 type RecentEvents = Mutex<VecDeque<(Arc<Event>, u32)>>;
-
-/// Requests to the subscription manager, processed in order.
-enum SubRequest {
-    Open(String),
-    Close(String),
-    /// Replies once every earlier request is confirmed by Redis (false while disconnected).
-    Sync(oneshot::Sender<bool>),
-}
 
 /// What a node shares with the others through the publish payload.
 #[derive(Deserialize)]
@@ -489,125 +443,6 @@ impl<'a> From<&'a Event> for WireBody<'a> {
             from: e.from.as_deref(),
             exclude: e.exclude.as_deref(),
             accepted_ms: e.accepted_ms,
-        }
-    }
-}
-
-/// Owns the pub/sub connection: (re)connects, (re)subscribes everything local clients need,
-/// catches up on events missed while it was away, and forwards messages to the hub. Requests are
-/// handled in order, so `Sync` confirms every earlier `Open`.
-async fn subscription_manager(
-    client: redis::Client,
-    hub: HubHandle,
-    engine: Weak<RedisEngine>,
-    mut requests: mpsc::UnboundedReceiver<SubRequest>,
-    linked: Arc<AtomicBool>,
-) {
-    let mut interest: HashSet<String> = HashSet::from([BROADCAST.to_string()]);
-    let mut backoff = MIN_BACKOFF;
-    loop {
-        let mut connected = connect_pubsub(&client, &interest).await;
-        if connected.is_some() {
-            let Some(engine) = engine.upgrade() else { return };
-            if !engine.catch_up(&interest, &hub).await {
-                connected = None;
-            }
-        }
-        let Some((mut sink, mut stream)) = connected else {
-            linked.store(false, Ordering::Release);
-            let sleep = tokio::time::sleep(backoff);
-            tokio::pin!(sleep);
-            loop {
-                tokio::select! {
-                    _ = &mut sleep => break,
-                    request = requests.recv() => match request {
-                        None => return,
-                        Some(request) => note_offline(&mut interest, request),
-                    },
-                }
-            }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-            continue;
-        };
-        backoff = MIN_BACKOFF;
-        linked.store(true, Ordering::Release);
-        tracing::info!(streams = interest.len(), "redis pub/sub connected");
-        loop {
-            tokio::select! {
-                message = stream.next() => match message {
-                    Some(message) => {
-                        if let (Ok(payload), Some(engine)) = (message.get_payload::<String>(), engine.upgrade()) {
-                            engine.on_message(&payload, &hub);
-                        }
-                    }
-                    None => break,
-                },
-                request = requests.recv() => match request {
-                    None => return,
-                    Some(SubRequest::Open(s)) => {
-                        if interest.insert(s.clone()) && sink.subscribe(channel_key(&s)).await.is_err() {
-                            break;
-                        }
-                    }
-                    Some(SubRequest::Close(s)) => {
-                        if s != BROADCAST && interest.remove(&s) && sink.unsubscribe(channel_key(&s)).await.is_err() {
-                            break;
-                        }
-                    }
-                    Some(SubRequest::Sync(reply)) => {
-                        let _ = reply.send(true);
-                    }
-                },
-            }
-        }
-        linked.store(false, Ordering::Release);
-        tracing::warn!("redis pub/sub connection lost; reconnecting");
-    }
-}
-
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
-
-fn channel_key(stream: &str) -> String {
-    format!("wshub:c:{stream}")
-}
-
-async fn connect_pubsub(
-    client: &redis::Client,
-    interest: &HashSet<String>,
-) -> Option<(PubSubSink, redis::aio::PubSubStream)> {
-    let pubsub = match tokio::time::timeout(COMMAND_TIMEOUT, client.get_async_pubsub()).await {
-        Ok(Ok(pubsub)) => pubsub,
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "redis pub/sub connect failed");
-            return None;
-        }
-        Err(_) => return None,
-    };
-    let (mut sink, stream) = pubsub.split();
-    let channels: Vec<String> = interest.iter().map(|s| channel_key(s)).collect();
-    match sink.subscribe(&channels).await {
-        Ok(()) => Some((sink, stream)),
-        Err(e) => {
-            tracing::warn!(error = %e, "redis subscribe failed");
-            None
-        }
-    }
-}
-
-/// While disconnected, requests only change what to subscribe on reconnect.
-fn note_offline(interest: &mut HashSet<String>, request: SubRequest) {
-    match request {
-        SubRequest::Open(s) => {
-            interest.insert(s);
-        }
-        SubRequest::Close(s) => {
-            if s != BROADCAST {
-                interest.remove(&s);
-            }
-        }
-        SubRequest::Sync(reply) => {
-            let _ = reply.send(false);
         }
     }
 }
