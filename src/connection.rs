@@ -54,6 +54,10 @@ where
 
 /// Most frames the writer sends with one flush.
 const MAX_BATCH: usize = 64;
+/// Client frames a connection may send per second on average ...
+const FRAMES_PER_S: f64 = 50.0;
+/// ... and in a burst (a page resubscribing many channels after a reconnect).
+const FRAME_BURST: f64 = 300.0;
 /// Event ids a connection remembers having acknowledged.
 const ACK_MEMORY: usize = 256;
 /// Time allowed for the close frame once a connection is being closed.
@@ -205,8 +209,14 @@ async fn serve_inner(
             write_timeout: app.config.write_timeout,
         },
     ));
-    let mut reader =
-        Reader { app: Arc::clone(&app), id, identity, shared: Arc::clone(&shared), acked: VecDeque::new() };
+    let mut reader = Reader {
+        app: Arc::clone(&app),
+        id,
+        identity,
+        shared: Arc::clone(&shared),
+        acked: VecDeque::new(),
+        budget: (FRAME_BURST, Instant::now()),
+    };
     reader.run(&mut stream).await;
     shared.stop();
     app.hub.send(Command::Unregister(id)).await;
@@ -380,6 +390,8 @@ struct Reader {
     shared: Arc<ConnShared>,
     /// Recently acknowledged event ids, so a repeated ack is not counted twice.
     acked: VecDeque<String>,
+    /// Token bucket for client frames: (tokens, last refill).
+    budget: (f64, Instant),
 }
 
 impl Reader {
@@ -411,6 +423,10 @@ impl Reader {
                 Some(Ok(message)) => message,
             };
             self.shared.touch();
+            if matches!(message, Message::Text(_)) && !self.allow_frame() {
+                self.send(error_frame("rate_limited", "too many frames; slow down", None));
+                continue;
+            }
             match message {
                 // Boxed: client frames are rare for a listening client, and keeping this future out
                 // of the connection's state machine saves memory on every idle connection.
@@ -422,6 +438,20 @@ impl Reader {
                 Message::Close(_) => return,
                 Message::Ping(_) | Message::Pong(_) => {}
             }
+        }
+    }
+
+    /// Takes one token from the frame budget; false when the client sends too fast.
+    fn allow_frame(&mut self) -> bool {
+        let (tokens, last) = &mut self.budget;
+        let now = Instant::now();
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * FRAMES_PER_S).min(FRAME_BURST);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
         }
     }
 

@@ -42,7 +42,12 @@ pub struct History {
     restored_floor: u64,
     /// Unix ms of the last expiry pass.
     expired_at_ms: u64,
+    /// The latest events across streams (weak: gone once no stream keeps them).
+    recent: VecDeque<Weak<Event>>,
 }
+
+/// Events remembered for `latest` (`GET /events`, the dashboard).
+const RECENT_EVENTS: usize = 1000;
 
 /// Least time between two expiry passes (the TTL is honoured to within this).
 const EXPIRE_EVERY_MS: u64 = 250;
@@ -61,6 +66,7 @@ impl History {
             evicted_upto: 0,
             restored_floor: 0,
             expired_at_ms: 0,
+            recent: VecDeque::new(),
         }
     }
 
@@ -79,6 +85,10 @@ impl History {
     pub fn append(&mut self, event: &Arc<Event>, size_of: impl Fn(&str) -> Option<usize>) -> Vec<u64> {
         let share = event.heap_bytes() / event.targets.len().max(1);
         self.by_id.insert(event.id.clone(), Arc::downgrade(event));
+        if self.recent.len() == RECENT_EVENTS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(Arc::downgrade(event));
         let mut popped = Vec::new();
         for target in &event.targets {
             let limit = size_of(target).unwrap_or(self.default_size).max(1);
@@ -219,11 +229,7 @@ impl History {
 
     /// The latest `limit` events across all streams, newest first.
     pub fn latest(&self, limit: usize) -> Vec<Arc<Event>> {
-        let mut all: Vec<Arc<Event>> = self.streams.values().flat_map(|s| s.events.iter().cloned()).collect();
-        all.sort_by_key(|e| std::cmp::Reverse(e.seq));
-        all.dedup_by_key(|e| e.seq);
-        all.truncate(limit);
-        all
+        self.recent.iter().rev().filter_map(Weak::upgrade).take(limit).collect()
     }
 }
 

@@ -281,6 +281,11 @@ impl Delivery {
         let frames = event.targets.iter().map(|t| event.frame(t, epoch)).collect();
         Self { event, frames, received: std::time::Instant::now() }
     }
+
+    /// A delivery with one already serialized frame (a replayed event), at index 0.
+    pub fn with_frame(event: Arc<Event>, frame: Utf8Bytes) -> Self {
+        Self { event, frames: vec![frame], received: std::time::Instant::now() }
+    }
 }
 
 /// Serializes a value that cannot fail to serialize (plain structs of strings and numbers).

@@ -1,19 +1,18 @@
 //! Compatibility routes for backends written against the NestJS gateway of the same family of
 //! apps: `/api/dashboard/*` publish endpoints answering 202.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
+use super::ApiError;
 use super::notify::{parse_one, require_json};
-use super::{ApiError, authorize};
 use crate::app::AppState;
 
 pub(super) fn routes(max_body_bytes: usize) -> Router<Arc<AppState>> {
@@ -26,24 +25,18 @@ pub(super) fn routes(max_body_bytes: usize) -> Router<Arc<AppState>> {
 }
 
 /// Publishes a notification built from the gateway-shaped body; 202 with the event id.
-async fn publish(app: &AppState, notification: Value) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn publish(app: &Arc<AppState>, notification: Value) -> Result<(StatusCode, Json<Value>), ApiError> {
     let bytes = serde_json::to_vec(&notification).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let accepted = parse_one(&bytes)?;
-    let published = app.engine.publish(vec![accepted.event], None).await?;
+    let published = super::notify::publish_detached(app, vec![accepted.event], None).await?;
     let first =
         published.first().ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "nothing published"))?;
     Ok((StatusCode::ACCEPTED, Json(json!({"success": true, "id": first.id, "recipients": first.recipients}))))
 }
 
-/// Checks the API-key rule and the content type first (a caller without the key learns nothing
-/// about its body), then parses the body as one JSON object.
-fn gateway_body(
-    app: &AppState,
-    headers: &HeaderMap,
-    peer: SocketAddr,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Value, ApiError> {
-    authorize(app, headers, peer)?;
+/// Checks the content type, then parses the body as one JSON object (the API-key rule already ran
+/// as a layer).
+fn gateway_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
     require_json(headers)?;
     let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
     let value: Value =
@@ -58,11 +51,10 @@ fn field<'a>(body: &'a Value, name: &str) -> Result<&'a Value, ApiError> {
 /// `{type, data, timestamp}` → broadcast.
 async fn emit_event(
     State(app): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let body = gateway_body(&app, &headers, peer, body)?;
+    let body = gateway_body(&headers, body)?;
     let n = json!({"type": field(&body, "type")?, "data": body.get("data")});
     publish(&app, n).await
 }
@@ -70,11 +62,10 @@ async fn emit_event(
 /// `{role, event, payload}` → `role:{role}`.
 async fn notify_role(
     State(app): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let body = gateway_body(&app, &headers, peer, body)?;
+    let body = gateway_body(&headers, body)?;
     let n = json!({"type": field(&body, "event")?, "data": body.get("payload"), "role": field(&body, "role")?});
     publish(&app, n).await
 }
@@ -82,11 +73,10 @@ async fn notify_role(
 /// `{userId, event, payload}` → `user:{userId}`.
 async fn notify_user(
     State(app): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let body = gateway_body(&app, &headers, peer, body)?;
+    let body = gateway_body(&headers, body)?;
     let n = json!({"type": field(&body, "event")?, "data": body.get("payload"), "user": field(&body, "userId")?});
     publish(&app, n).await
 }
@@ -95,11 +85,10 @@ async fn notify_user(
 /// (default: the whole body).
 async fn update_dashboard(
     State(app): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let body = gateway_body(&app, &headers, peer, body)?;
+    let body = gateway_body(&headers, body)?;
     let kind = body.get("event").cloned().unwrap_or_else(|| json!("dashboard_update"));
     let data = body.get("payload").cloned().unwrap_or_else(|| body.clone());
     publish(&app, json!({"type": kind, "data": data, "channel": "dashboard"})).await

@@ -12,6 +12,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -74,6 +75,15 @@ impl From<crate::engine::EngineError> for ApiError {
 /// Builds the router with every route and the CORS layer.
 pub fn router(app: Arc<AppState>) -> Router {
     let cors = cors_layer(&app.config.cors_origins);
+    // Publishing and admin routes: the API-key rule runs before the body is read. Without a key
+    // they trust loopback, so they get no CORS headers then: a web page open on the hub's machine
+    // must not be able to publish or administer through the browser.
+    let protected = Router::new()
+        .merge(notify::routes(app.config.max_body_bytes as usize))
+        .merge(admin::routes())
+        .merge(compat::routes(app.config.max_body_bytes as usize))
+        .route_layer(middleware::from_fn_with_state(Arc::clone(&app), require_api_key));
+    let protected = if app.config.api_key.is_some() { protected.layer(cors.clone()) } else { protected };
     Router::new()
         .route("/", get(index))
         .route("/wshub.js", get(wshub_js))
@@ -82,13 +92,23 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/ws", get(ws))
         .route("/health", get(health))
         .route("/api/health", get(health))
-        .merge(notify::routes(app.config.max_body_bytes as usize))
-        .merge(admin::routes())
-        .merge(compat::routes(app.config.max_body_bytes as usize))
+        .merge(admin::public_routes())
+        .layer(cors)
+        .merge(protected)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(cors)
         .with_state(app)
+}
+
+/// The publisher/admin rule as a layer, so it runs before any handler reads the body.
+async fn require_api_key(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Result<Response, ApiError> {
+    authorize(&app, request.headers(), peer)?;
+    Ok(next.run(request).await)
 }
 
 fn cors_layer(origins: &[String]) -> CorsLayer {
@@ -152,8 +172,8 @@ async fn health(State(app): State<Arc<AppState>>) -> impl IntoResponse {
 }
 
 /// Query parameters of `GET /ws`.
+/// Other parameters (a cache-buster, say) are ignored, as the Go hub did.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct WsQuery {
     token: Option<String>,
     since: Option<u64>,

@@ -17,7 +17,7 @@ use axum::extract::ws::Utf8Bytes;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::auth::Identity;
+use crate::auth::{Identity, may_subscribe};
 use crate::connection::ConnShared;
 use crate::engine::{Engine, EngineError};
 use crate::history::Replay;
@@ -478,6 +478,15 @@ impl Hub {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
+        let in_progress = conn
+            .resuming
+            .as_ref()
+            .is_some_and(|r| r.pending.iter().any(|p| matches!(&p.kind, PendingKind::Subscribe(c) if *c == channel)));
+        if in_progress {
+            let msg = "a subscribe to this channel is still being answered";
+            self.push_or_drop(id, Outbound::frame(error_frame("busy", msg, Some(&channel))));
+            return;
+        }
         let known = conn.in_stream(&channel);
         if !known && conn.channels.len() >= MAX_SUBSCRIPTIONS {
             let msg = format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection");
@@ -522,7 +531,19 @@ impl Hub {
         };
         let old: HashSet<String> = conn.identity.auto_streams().into_iter().collect();
         let new: HashSet<String> = identity.auto_streams().into_iter().collect();
+        if new.difference(&old).next().is_some() {
+            // The new automatic streams' earlier events never reached this connection.
+            conn.auto_floor = conn.auto_floor.max(self.engine.current_seq());
+        }
         conn.identity = identity;
+        // The new token may allow less: leave what it no longer permits.
+        let revoked: Vec<String> = conn
+            .channels
+            .iter()
+            .filter(|c| may_subscribe(&conn.identity, c, &self.namespaces).is_err())
+            .cloned()
+            .collect();
+        conn.channels.retain(|c| !revoked.contains(c));
         let frame = to_frame(&json!({
             "type": "hub:authenticated",
             "user": conn.identity.user,
@@ -538,6 +559,13 @@ impl Hub {
             self.join(id, stream);
         }
         self.push_or_drop(id, Outbound::frame(frame));
+        for channel in revoked {
+            self.leave(id, &channel);
+            let frame = to_frame(
+                &json!({"type": "hub:unsubscribed", "channel": channel, "reason": "forbidden by the new token"}),
+            );
+            self.push_or_drop(id, Outbound::frame(frame));
+        }
     }
 
     fn join(&mut self, id: ConnId, stream: &str) {

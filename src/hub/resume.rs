@@ -117,6 +117,11 @@ impl Hub {
                 (Replay::default(), false)
             }
         };
+        if matches!(pending.kind, PendingKind::Connect) && pending.since.is_none() {
+            // A fresh connection got nothing older than its streams' heads (in a cluster the
+            // node's own last seq may lag them).
+            conn.auto_floor = conn.auto_floor.max(replay.head);
+        }
         let mut events = Vec::new();
         let mut replayed_seqs = Vec::new();
         let auto = match pending.kind {
@@ -131,7 +136,9 @@ impl Hub {
                 }
                 let label =
                     pending.streams.iter().find(|s| event.targets.contains(s)).map_or(BROADCAST, String::as_str);
-                events.push(Outbound::frame(event.frame(label, &epoch)));
+                // As a delivery, so the writer counts it for receipts like a live one.
+                let delivery = Delivery::with_frame(Arc::clone(event), event.frame(label, &epoch));
+                events.push(Outbound::Event(Arc::new(delivery), 0));
                 replayed_seqs.push(event.seq);
             }
         }
