@@ -1395,3 +1395,18 @@ async fn require_auth_without_a_jwt_key_stops_startup() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--jwt-secret"));
 }
+
+#[tokio::test]
+async fn a_refreshed_token_that_no_longer_allows_a_channel_leaves_it() {
+    let hub = TestHub::start(&["--jwt-secret", "s"]).await;
+    let first = token_with("s", json!({"sub": "alice", "channels": ["private:x"]}), 3600);
+    let mut c = hub.client_at(&format!("/ws?token={first}")).await;
+    assert_eq!(c.subscribe("private:x").await["type"], "hub:subscribed");
+    let refreshed = token_with("s", json!({"sub": "alice"}), 3600);
+    c.send_json(json!({"type": "auth", "token": refreshed})).await;
+    assert_eq!(c.next_of("hub:authenticated").await["user"], "alice");
+    assert_eq!(c.next_of("hub:unsubscribed").await["channel"], "private:x");
+    hub.notify(json!({"type": "p", "channel": "private:x"})).await;
+    c.assert_no_event().await;
+    hub.stop().await;
+}

@@ -277,3 +277,70 @@ async fn bad_configuration_stops_startup_with_a_clear_message() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("shorter than --pong-timeout"));
 }
+
+#[tokio::test]
+async fn without_an_api_key_publish_routes_send_no_cors_headers_but_pages_do() {
+    let hub = TestHub::start(&[]).await;
+    let preflight = |path: &str| {
+        reqwest::Client::new()
+            .request(reqwest::Method::OPTIONS, hub.url(path))
+            .header("origin", "http://elsewhere.example")
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+    };
+    let notify = preflight("/notify").await.expect("preflight");
+    assert!(notify.headers().get("access-control-allow-origin").is_none(), "a local web page must not publish");
+    let health = preflight("/health").await.expect("preflight");
+    assert!(health.headers().get("access-control-allow-origin").is_some());
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn with_an_api_key_the_key_is_checked_before_the_body_is_read() {
+    let hub = TestHub::start(&["--api-key", "k", "--max-body-bytes", "1024"]).await;
+    let big = format!(r#"{{"type":"t","message":"{}"}}"#, "x".repeat(5000));
+    let resp = reqwest::Client::new()
+        .post(hub.url("/notify"))
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 401, "no key: 401 before the 413 of the body");
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_flooding_frames_is_rate_limited_and_stays_connected() {
+    let hub = TestHub::start(&[]).await;
+    let mut c = hub.client().await;
+    for _ in 0..400 {
+        c.send_json(json!({"type": "ping"})).await;
+    }
+    let mut limited = false;
+    for _ in 0..400 {
+        let frame = c.next_json().await;
+        if frame["code"] == "rate_limited" {
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "400 frames at once exceed the burst of 300");
+    hub.notify(json!({"type": "after"})).await;
+    assert_eq!(c.next_event().await["type"], "after");
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn an_empty_target_list_is_refused_instead_of_broadcast() {
+    let hub = TestHub::start(&[]).await;
+    let mut c = hub.client().await;
+    for field in ["user", "role", "channel"] {
+        let (status, answer) = hub.notify(json!({"type": "secret", field: []})).await;
+        assert_eq!(status, 400, "{field}: {answer}");
+        assert!(answer["error"].as_str().expect("error").contains("empty list"));
+    }
+    c.assert_no_event().await;
+    hub.stop().await;
+}

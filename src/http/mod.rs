@@ -82,9 +82,10 @@ pub fn router(app: Arc<AppState>) -> Router {
         .merge(notify::routes(app.config.max_body_bytes as usize))
         .merge(admin::routes())
         .merge(compat::routes(app.config.max_body_bytes as usize))
+        .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(Arc::clone(&app), require_api_key));
     let protected = if app.config.api_key.is_some() { protected.layer(cors.clone()) } else { protected };
-    Router::new()
+    let public = Router::new()
         .route("/", get(index))
         .route("/wshub.js", get(wshub_js))
         .route("/wshub.mjs", get(wshub_mjs))
@@ -93,11 +94,9 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .route("/api/health", get(health))
         .merge(admin::public_routes())
-        .layer(cors)
-        .merge(protected)
-        .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(app)
+        .layer(cors);
+    public.merge(protected).fallback(not_found).with_state(app)
 }
 
 /// The publisher/admin rule as a layer, so it runs before any handler reads the body.
