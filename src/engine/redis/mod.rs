@@ -147,13 +147,30 @@ impl RedisEngine {
     /// is forgotten too, under the same lock: whichever of a publish answer or a pub/sub message
     /// sees the new epoch first, the new epoch's events are not taken for ones already delivered.
     fn set_epoch(&self, epoch: &str) {
-        if let Ok(mut current) = self.epoch.lock()
-            && *current != epoch
-        {
+        if let Ok(mut current) = self.epoch.lock() {
+            self.adopt(&mut current, epoch);
+        }
+    }
+
+    /// Switches to `epoch` if it is new; seqs start over with it.
+    fn adopt(&self, current: &mut String, epoch: &str) {
+        if *current != epoch {
             tracing::warn!(old = %current, new = %epoch, "redis epoch changed (its data was reset)");
             *current = epoch.to_string();
             self.last_seq.store(0, Ordering::Release);
         }
+    }
+
+    /// Adopts `epoch` if it is new and claims `seq` if not delivered yet, under the epoch lock so
+    /// a concurrent epoch change cannot be undone by a seq stored from the old one.
+    fn accept(&self, epoch: &str, seq: u64) -> bool {
+        let Ok(mut current) = self.epoch.lock() else { return false };
+        self.adopt(&mut current, epoch);
+        if seq <= self.last_seq.load(Ordering::Acquire) {
+            return false;
+        }
+        self.last_seq.store(seq, Ordering::Release);
+        true
     }
 
     fn ttl_ms(&self) -> u64 {
@@ -306,11 +323,9 @@ impl RedisEngine {
     }
 
     fn deliver(&self, event: Arc<Event>, epoch: &str, hub: &HubHandle) {
-        self.set_epoch(epoch);
-        if event.seq <= self.last_seq.load(Ordering::Acquire) {
+        if !self.accept(epoch, event.seq) {
             return;
         }
-        self.last_seq.store(event.seq, Ordering::Release);
         if let Ok(mut recent) = self.recent.lock() {
             if recent.len() == RECEIPT_WINDOW {
                 recent.pop_front();
