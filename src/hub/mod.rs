@@ -478,6 +478,12 @@ impl Hub {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
+        if let Some(resuming) = conn.resuming.as_mut()
+            && resuming.pending.iter().any(|p| matches!(p.kind, PendingKind::Connect))
+        {
+            resuming.deferred.push((channel, resume));
+            return;
+        }
         let in_progress = conn
             .resuming
             .as_ref()

@@ -43,6 +43,9 @@ pub(super) struct Pending {
 pub(super) struct Resuming {
     pub(super) pending: Vec<Pending>,
     pub(super) live_seqs: Vec<u64>,
+    /// Subscribes that arrived before the connect resume was answered; handled right after it,
+    /// so `hub:connected` stays the first frame and the two replays cannot overlap.
+    pub(super) deferred: Vec<(String, Option<Resume>)>,
 }
 
 impl Hub {
@@ -105,6 +108,10 @@ impl Hub {
             return;
         };
         let pending = resuming.pending.remove(index);
+        let deferred = match pending.kind {
+            PendingKind::Connect => std::mem::take(&mut resuming.deferred),
+            PendingKind::Subscribe(_) => Vec::new(),
+        };
         let live_seqs = if resuming.pending.is_empty() {
             conn.resuming.take().map(|r| r.live_seqs).unwrap_or_default()
         } else {
@@ -156,6 +163,9 @@ impl Hub {
         items.push(Outbound::frame(reply));
         items.extend(events);
         self.push_or_drop(id, Outbound::batch(items));
+        for (channel, resume) in deferred {
+            self.subscribe(id, channel, resume);
+        }
     }
 }
 
