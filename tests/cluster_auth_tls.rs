@@ -5,38 +5,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ChildHub, Client, free_port, post_json};
+use common::{ChildHub, Client, TempDir, free_port, post_json};
 use serde_json::{Value, json};
 
 const PASSWORD: &str = "s3cret";
 /// Longest wait for a redis-server to start or a wshub to give up on a Redis.
 const SLOW_WAIT: Duration = Duration::from_secs(20);
-
-/// A scratch directory of this test, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos();
-        let dir = std::env::temp_dir().join(format!("wshub-{tag}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        Self(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A `redis-server` with extra arguments (password, TLS), logging to a file in `dir`; waits
 /// until the log says it is ready. Killed on drop. Panics, never skips, when it cannot start.
@@ -46,11 +24,11 @@ struct Redis {
 
 impl Redis {
     fn start(dir: &TempDir, args: &[&str]) -> Self {
-        let log = dir.path("redis.log");
+        let log = dir.file("redis.log");
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"])
             .arg("--dir")
-            .arg(&dir.0)
+            .arg(dir.path())
             .arg("--logfile")
             .arg(&log)
             .args(args)
@@ -104,7 +82,7 @@ impl Drop for Redis {
 
 /// Runs `openssl` with `args` in `dir`, panicking with its output on failure.
 fn openssl(dir: &TempDir, args: &[&str]) {
-    let out = Command::new("openssl").args(args).current_dir(&dir.0).stdin(Stdio::null()).output();
+    let out = Command::new("openssl").args(args).current_dir(dir.path()).stdin(Stdio::null()).output();
     let out = match out {
         Ok(out) => out,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
@@ -130,7 +108,7 @@ fn make_certs(dir: &TempDir) {
     openssl(dir, &[&ca[..], &["-subj", "/CN=wshub test CA"]].concat());
     let csr = [&["req"][..], &ec, &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]].concat();
     openssl(dir, &csr);
-    std::fs::write(dir.path("server.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").expect("write ext");
+    std::fs::write(dir.file("server.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").expect("write ext");
     openssl(
         dir,
         &[
@@ -246,7 +224,7 @@ async fn rediss_url_links_nodes_over_tls_and_a_self_signed_server_needs_insecure
     let dir = TempDir::new("redis-tls");
     make_certs(&dir);
     let tls_port = free_port().to_string();
-    let (cert, key, ca) = (dir.path("server.crt"), dir.path("server.key"), dir.path("ca.crt"));
+    let (cert, key, ca) = (dir.file("server.crt"), dir.file("server.key"), dir.file("ca.crt"));
     let _redis = Redis::start(
         &dir,
         &[

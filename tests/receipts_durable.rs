@@ -4,7 +4,6 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
@@ -212,28 +211,6 @@ async fn receipts_of_a_user_targeted_event_list_the_users_who_acked() {
 // ---------------------------------------------------------------------------------------------
 // Durable history (--data-dir)
 // ---------------------------------------------------------------------------------------------
-
-/// A fresh directory under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos();
-        let dir = std::env::temp_dir().join(format!("wshub-{tag}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        Self(dir)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().expect("utf-8 temp path")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 async fn child_client(hub: &ChildHub, path: &str) -> Client {
     let mut c = Client::connect(&hub.ws_url(path)).await;
