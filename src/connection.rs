@@ -115,12 +115,15 @@ impl ConnShared {
         }
     }
 
-    fn record_written(&self, seq: u64) {
+    /// Remembers the seqs of events just written (one lock per write, not per event).
+    fn record_written(&self, seqs: impl Iterator<Item = u64>) {
         if let Ok(mut written) = self.written.lock() {
-            if written.len() == WRITTEN_MEMORY {
-                written.pop_front();
+            for seq in seqs {
+                if written.len() == WRITTEN_MEMORY {
+                    written.pop_front();
+                }
+                written.push_back(seq);
             }
-            written.push_back(seq);
         }
     }
 
@@ -369,17 +372,18 @@ async fn send_all(sink: &mut SplitSink<WebSocket, Message>, batch: &[Outbound]) 
 
 /// Counts written events for receipts, and samples latency once per write.
 fn count_written(batch: &[Outbound], metrics: &Metrics, shared: &ConnShared) {
-    let mut sampled = false;
-    for item in batch {
-        if let Outbound::Event(delivery, _) = item {
-            delivery.event.receipt.written.fetch_add(1, Ordering::Relaxed);
-            shared.record_written(delivery.event.seq);
-            if !sampled {
-                metrics.delivery_latency.observe(delivery.received.elapsed().as_secs_f64());
-                sampled = true;
-            }
-        }
+    let events = || {
+        batch.iter().filter_map(|item| match item {
+            Outbound::Event(delivery, _) => Some(delivery),
+            _ => None,
+        })
+    };
+    let Some(first) = events().next() else { return };
+    metrics.delivery_latency.observe(first.received.elapsed().as_secs_f64());
+    for delivery in events() {
+        delivery.event.receipt.written.fetch_add(1, Ordering::Relaxed);
     }
+    shared.record_written(events().map(|d| d.event.seq));
 }
 
 /// The reading half: turns client frames into hub commands and answers.

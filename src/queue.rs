@@ -21,6 +21,13 @@ pub enum PushError {
     Closed,
 }
 
+/// What one look at the queue found.
+enum Taken {
+    Some,
+    Empty,
+    Closed,
+}
+
 struct Inner {
     items: VecDeque<Outbound>,
     closed: bool,
@@ -63,29 +70,31 @@ impl SendQueue {
     /// Returns false once the queue is closed and empty.
     pub async fn pop_into(&self, out: &mut Vec<Outbound>, max: usize) -> bool {
         loop {
-            if self.take_into(out, max) {
-                return true;
+            match self.take(out, max) {
+                Taken::Some => return true,
+                Taken::Closed => return false,
+                // A push between the check and this await leaves a permit, so nothing is missed.
+                Taken::Empty => self.ready.notified().await,
             }
-            if self.lock().closed {
-                return false;
-            }
-            // A push between the check and this await leaves a permit, so nothing is missed.
-            self.ready.notified().await;
         }
     }
 
     /// Moves up to `max` queued items into `out` without waiting; false when none were queued.
     pub fn take_into(&self, out: &mut Vec<Outbound>, max: usize) -> bool {
+        matches!(self.take(out, max), Taken::Some)
+    }
+
+    fn take(&self, out: &mut Vec<Outbound>, max: usize) -> Taken {
         let mut inner = self.lock();
         if inner.items.is_empty() {
-            return false;
+            return if inner.closed { Taken::Closed } else { Taken::Empty };
         }
         let n = max.min(inner.items.len());
         out.extend(inner.items.drain(..n));
         if inner.items.is_empty() && inner.items.capacity() > KEEP_CAPACITY {
             inner.items.shrink_to(KEEP_CAPACITY);
         }
-        true
+        Taken::Some
     }
 
     /// Refuses further pushes (the writer has stopped) and drops what is queued.
