@@ -14,6 +14,7 @@
 //! - [`store`]: durable history on disk for `--data-dir`.
 //! - [`queue`]: a connection's bounded send queue.
 //! - [`metrics`]: Prometheus counters.
+//! - [`stats`]: per-second samples for `/stats` and the live dashboard.
 //! - [`http`]: the router and handlers.
 //! - [`app`]: state shared by handlers and connections.
 
