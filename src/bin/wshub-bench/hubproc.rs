@@ -104,21 +104,9 @@ impl Hub {
     }
 
     fn wait_listening(&mut self, limit: Duration) -> Result<()> {
-        let start = Instant::now();
-        loop {
-            if std::net::TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
-                return Ok(());
-            }
-            if let Some(child) = self.child.as_mut()
-                && let Some(status) = child.try_wait().context("waiting for hub")?
-            {
-                bail!("hub exited with {status}");
-            }
-            if start.elapsed() > limit {
-                bail!("hub not listening on {} after {limit:?}", self.addr);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let addr = self.addr;
+        let listening = || std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok();
+        wait_until_ready(self.child.as_mut(), "hub", limit, listening).with_context(|| format!("hub on {addr}"))
     }
 
     /// Stops the hub if the bench started it.
@@ -127,6 +115,30 @@ impl Hub {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Polls `ready` until it holds, failing if the child process exits or `limit` passes first.
+pub fn wait_until_ready(
+    mut child: Option<&mut Child>,
+    what: &str,
+    limit: Duration,
+    mut ready: impl FnMut() -> bool,
+) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        if ready() {
+            return Ok(());
+        }
+        if let Some(child) = child.as_deref_mut()
+            && let Some(status) = child.try_wait().with_context(|| format!("waiting for {what}"))?
+        {
+            bail!("{what} exited with {status}");
+        }
+        if start.elapsed() > limit {
+            bail!("{what} not ready after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -5,9 +5,11 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+
+use crate::hubproc::wait_until_ready;
 
 /// A `redis-server` the bench started.
 pub struct RedisServer {
@@ -68,21 +70,9 @@ impl RedisServer {
     }
 
     fn wait_ready(&mut self, limit: Duration) -> Result<()> {
-        let start = Instant::now();
-        loop {
-            if ping(self.addr).unwrap_or(false) {
-                return Ok(());
-            }
-            if let Some(child) = self.child.as_mut()
-                && let Some(status) = child.try_wait().context("waiting for redis-server")?
-            {
-                bail!("redis-server exited with {status}");
-            }
-            if start.elapsed() > limit {
-                bail!("redis-server not answering PING on {} after {limit:?}", self.addr);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let addr = self.addr;
+        wait_until_ready(self.child.as_mut(), "redis-server", limit, || ping(addr).unwrap_or(false))
+            .with_context(|| format!("redis-server answering PING on {addr}"))
     }
 
     /// Stops the server.
