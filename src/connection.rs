@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, StreamExt};
 use serde_json::json;
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until, timeout};
@@ -74,7 +74,10 @@ pub struct ConnShared {
     stopped: AtomicBool,
     wake: Notify,
     reason: AtomicU16,
-    last_activity_ms: AtomicU64,
+    /// When the connection opened, on tokio's clock (keep-alive is tested with paused time).
+    opened: Instant,
+    /// Milliseconds after `opened` at which the last frame was received.
+    heard_ms: AtomicU64,
     written: Mutex<VecDeque<u64>>,
 }
 
@@ -85,7 +88,8 @@ impl ConnShared {
             stopped: AtomicBool::new(false),
             wake: Notify::new(),
             reason: AtomicU16::new(0),
-            last_activity_ms: AtomicU64::new(unix_ms()),
+            opened: Instant::now(),
+            heard_ms: AtomicU64::new(0),
             written: Mutex::new(VecDeque::new()),
         }
     }
@@ -135,13 +139,21 @@ impl ConnShared {
         CloseReason::from_code(self.reason.load(Ordering::Acquire))
     }
 
+    /// Records that a frame (of any kind, pongs included) was just received.
     fn touch(&self) {
-        self.last_activity_ms.store(unix_ms(), Ordering::Relaxed);
+        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.heard_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// When the last frame was received (the connection's opening if none was).
+    fn last_heard(&self) -> Instant {
+        self.opened + Duration::from_millis(self.heard_ms.load(Ordering::Relaxed))
     }
 
     /// Unix ms of the last frame received.
     pub fn last_activity_ms(&self) -> u64 {
-        self.last_activity_ms.load(Ordering::Relaxed)
+        let ago = u64::try_from(self.last_heard().elapsed().as_millis()).unwrap_or(u64::MAX);
+        unix_ms().saturating_sub(ago)
     }
 }
 
@@ -284,19 +296,67 @@ fn close_message(reason: CloseReason) -> Message {
     Message::Close(Some(CloseFrame { code: reason.code(), reason: Utf8Bytes::from_static(reason.text()) }))
 }
 
+/// The keep-alive schedule of one connection, on tokio's clock: a ping every `ping_interval`
+/// from the connection's start, and a drop once nothing at all (not even a pong) was received for
+/// `pong_timeout`. Because `ping_interval < pong_timeout` (checked at startup), every client is
+/// pinged before it can reach the timeout, so answering pings is enough to stay connected.
+struct KeepAlive {
+    next_ping: Instant,
+    ping_interval: Duration,
+    pong_timeout: Duration,
+}
+
+/// What the keep-alive timer asks the writer to do when it fires.
+#[derive(Debug, PartialEq, Eq)]
+enum KeepAliveAction {
+    /// Nothing is due yet (the client was heard from since the timer was set).
+    Wait,
+    /// Send a ping now.
+    Ping,
+    /// The client was silent for the pong timeout: close it with 4005.
+    Drop,
+}
+
+impl KeepAlive {
+    fn new(timing: &Timing, opened: Instant) -> Self {
+        Self {
+            next_ping: opened + timing.ping_interval,
+            ping_interval: timing.ping_interval,
+            pong_timeout: timing.pong_timeout,
+        }
+    }
+
+    /// When the timer must next fire: the next ping or the silence deadline, whichever is first.
+    fn next_wake(&self, last_heard: Instant) -> Instant {
+        self.next_ping.min(last_heard + self.pong_timeout)
+    }
+
+    /// Decides what is due at `now`; a ping moves the schedule on by one interval.
+    fn on_wake(&mut self, now: Instant, last_heard: Instant) -> KeepAliveAction {
+        if now >= last_heard + self.pong_timeout {
+            return KeepAliveAction::Drop;
+        }
+        if now < self.next_ping {
+            return KeepAliveAction::Wait;
+        }
+        // Skip pings missed while the writer was busy: one ping now, the next a full interval on.
+        while self.next_ping <= now {
+            self.next_ping += self.ping_interval;
+        }
+        KeepAliveAction::Ping
+    }
+}
+
 /// Drains the send queue to the socket; pings on schedule; sends the close frame at the end.
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    shared: Arc<ConnShared>,
-    metrics: Arc<Metrics>,
-    timing: Timing,
-) {
-    // One timer per connection does both keep-alive jobs: ping on schedule, and drop a client
-    // that sent nothing (not even a pong) for the pong timeout. The reader then needs no timer.
-    let check_every = timing.ping_interval.min(timing.pong_timeout / 4).max(Duration::from_millis(10));
-    let mut tick = tokio::time::interval_at(Instant::now() + check_every, check_every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_ping = Instant::now();
+/// Generic over the sink so it can be driven in tests without a socket.
+async fn write_loop<S>(mut sink: S, shared: Arc<ConnShared>, metrics: Arc<Metrics>, timing: Timing)
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    // One timer per connection does both keep-alive jobs, so the reader needs none.
+    let mut keep_alive = KeepAlive::new(&timing, shared.opened);
+    let timer = sleep_until(keep_alive.next_wake(shared.last_heard()));
+    tokio::pin!(timer);
     let mut batch: Vec<Outbound> = Vec::new();
     let mut queued: Vec<Outbound> = Vec::new();
     let stopping = shared.stopping();
@@ -317,17 +377,18 @@ async fn write_loop(
                 }
                 sent
             }
-            _ = tick.tick() => {
-                let silent_ms = unix_ms().saturating_sub(shared.last_activity_ms());
-                if u128::from(silent_ms) >= timing.pong_timeout.as_millis() {
-                    shared.close(CloseReason::KeepAliveTimeout);
-                    break;
-                }
-                if last_ping.elapsed() + check_every / 2 >= timing.ping_interval {
-                    last_ping = Instant::now();
-                    bounded(timing.write_timeout, sink.send(Message::Ping(Default::default()))).await
-                } else {
-                    Ok(())
+            () = &mut timer => {
+                let action = keep_alive.on_wake(Instant::now(), shared.last_heard());
+                timer.as_mut().reset(keep_alive.next_wake(shared.last_heard()));
+                match action {
+                    KeepAliveAction::Drop => {
+                        shared.close(CloseReason::KeepAliveTimeout);
+                        break;
+                    }
+                    KeepAliveAction::Ping => {
+                        bounded(timing.write_timeout, sink.send(Message::Ping(Default::default()))).await
+                    }
+                    KeepAliveAction::Wait => Ok(()),
                 }
             }
         };
@@ -358,7 +419,10 @@ fn collect(batch: &mut Vec<Outbound>, out: Outbound) {
     }
 }
 
-async fn send_all(sink: &mut SplitSink<WebSocket, Message>, batch: &[Outbound]) -> Result<(), axum::Error> {
+async fn send_all<S>(sink: &mut S, batch: &[Outbound]) -> Result<(), axum::Error>
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
     for item in batch {
         let frame = match item {
             Outbound::Frame(frame) => Utf8Bytes::clone(frame),
@@ -608,4 +672,96 @@ fn expiry_deadline(identity: &Identity) -> Option<Instant> {
     let now = unix_ms() / 1000;
     let left = (exp + EXP_LEEWAY_S).saturating_sub(now);
     Some(Instant::now() + Duration::from_secs(left))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::mpsc;
+
+    /// The documented defaults: `--ping-interval 54s --pong-timeout 60s --write-timeout 10s`.
+    const DEFAULTS: Timing = Timing {
+        ping_interval: Duration::from_secs(54),
+        pong_timeout: Duration::from_secs(60),
+        write_timeout: Duration::from_secs(10),
+    };
+
+    /// Runs a writer over an in-memory sink; everything it writes arrives on the receiver.
+    fn spawn_writer(shared: &Arc<ConnShared>) -> mpsc::UnboundedReceiver<Message> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let sink = futures_util::sink::unfold(tx, |tx, message: Message| async move {
+            tx.send(message).map_err(axum::Error::new)?;
+            Ok::<_, axum::Error>(tx)
+        });
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        tokio::spawn(write_loop(Box::pin(sink), Arc::clone(shared), metrics, DEFAULTS));
+        rx
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_answers_pings_stays_connected_for_ten_minutes_at_default_timings() {
+        let shared = Arc::new(ConnShared::new(16));
+        let opened = Instant::now();
+        let mut socket = spawn_writer(&shared);
+        let mut pings = Vec::new();
+        while opened.elapsed() < Duration::from_secs(600) {
+            match socket.recv().await.expect("writer alive") {
+                Message::Ping(_) => {
+                    pings.push(opened.elapsed().as_secs());
+                    // What the reader does when the pong arrives.
+                    shared.touch();
+                }
+                other => panic!("unexpected frame {other:?} at {:?}", opened.elapsed()),
+            }
+        }
+        assert_eq!(pings[..4], [54, 108, 162, 216]);
+        assert!(shared.reason().is_none(), "closed with {:?}", shared.reason());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_is_pinged_at_54s_then_dropped_with_4005_at_60s() {
+        let shared = Arc::new(ConnShared::new(16));
+        let opened = Instant::now();
+        let mut socket = spawn_writer(&shared);
+        let first = socket.recv().await.expect("a ping");
+        assert!(matches!(first, Message::Ping(_)), "{first:?}");
+        assert_eq!(opened.elapsed(), Duration::from_secs(54));
+        let close = socket.recv().await.expect("a close frame");
+        assert_eq!(opened.elapsed(), Duration::from_secs(60));
+        let Message::Close(Some(frame)) = close else { panic!("{close:?}") };
+        assert_eq!(frame.code, CloseReason::KeepAliveTimeout.code());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn any_frame_from_the_client_moves_the_silence_deadline() {
+        let shared = Arc::new(ConnShared::new(16));
+        let opened = Instant::now();
+        let mut socket = spawn_writer(&shared);
+        // The client talks at 50 s but ignores the pings at 54 s and 108 s: dropped 60 s after
+        // it talked.
+        tokio::time::sleep(Duration::from_secs(50)).await;
+        shared.touch();
+        let mut pings = Vec::new();
+        let close = loop {
+            match socket.recv().await.expect("a frame") {
+                Message::Ping(_) => pings.push(opened.elapsed().as_secs()),
+                other => break other,
+            }
+        };
+        assert_eq!(pings, [54, 108]);
+        assert_eq!(opened.elapsed(), Duration::from_secs(110));
+        assert!(matches!(close, Message::Close(Some(ref f)) if f.code == 4005), "{close:?}");
+    }
+
+    #[test]
+    fn pings_missed_while_busy_are_not_sent_in_a_burst() {
+        let opened = Instant::now();
+        let mut keep_alive = KeepAlive::new(&DEFAULTS, opened);
+        let late = opened + Duration::from_secs(165);
+        // Heard recently, three intervals late: one ping, the next one a whole interval away.
+        assert_eq!(keep_alive.on_wake(opened + Duration::from_secs(170), late), KeepAliveAction::Ping);
+        assert_eq!(keep_alive.next_ping, opened + Duration::from_secs(216));
+        assert_eq!(keep_alive.on_wake(opened + Duration::from_secs(171), late), KeepAliveAction::Wait);
+        assert_eq!(keep_alive.on_wake(late + Duration::from_secs(60), late), KeepAliveAction::Drop);
+    }
 }

@@ -214,6 +214,19 @@ async fn keep_alive_drops_a_silent_client_with_4005() {
 }
 
 #[tokio::test]
+async fn a_listening_client_that_answers_pings_outlives_several_pong_timeouts() {
+    // The defaults' 54:60 ratio, scaled down: the first ping is due 100 ms before the timeout.
+    let hub = TestHub::start(&["--ping-interval", "900ms", "--pong-timeout", "1s"]).await;
+    let mut listener = hub.client().await;
+    // Reading only: tungstenite answers each ping with a pong while it waits for frames.
+    let quiet = tokio::time::timeout(Duration::from_millis(3500), listener.next_json()).await;
+    assert!(quiet.is_err(), "no frame was expected while listening: {quiet:?}");
+    hub.notify(json!({"type": "after-three-timeouts"})).await;
+    assert_eq!(listener.next_event().await["type"], "after-three-timeouts");
+    hub.stop().await;
+}
+
+#[tokio::test]
 async fn health_reports_connections_uptime_and_version() {
     let hub = TestHub::start(&[]).await;
     let _a = hub.client().await;
