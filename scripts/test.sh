@@ -27,6 +27,11 @@ need_pkg node nodejs
 need_pkg npm npm
 need_pkg python3 python3
 
+say "Python test clients (pinned, into .deps/python)"
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --upgrade \
+  --target .deps/python -r tests/python/requirements.txt || die "could not install tests/python/requirements.txt"
+export PYTHONPATH="$PWD/.deps/python${PYTHONPATH:+:$PYTHONPATH}"
+
 say "format and lints"
 cargo fmt --all -- --check || die "cargo fmt --check failed: run cargo fmt"
 cargo clippy --all-targets --locked -- -D warnings
