@@ -12,6 +12,8 @@ use crate::engine::Engine;
 use crate::hub::HubHandle;
 use crate::metrics::Metrics;
 use crate::stats::Sampler;
+use crate::webhook::Webhooks;
+use crate::webhook::presence::PresenceHandle;
 
 /// Everything a handler or connection needs, behind one `Arc`.
 pub struct AppState {
@@ -33,4 +35,8 @@ pub struct AppState {
     pub connections: TaskTracker,
     /// Per-second samples for `/stats` and the dashboard.
     pub sampler: Sampler,
+    /// Signed webhooks to the backend.
+    pub webhooks: Webhooks,
+    /// Users online, for `GET /presence/users`.
+    pub presence: PresenceHandle,
 }

@@ -109,6 +109,23 @@ pub struct Config {
     #[arg(long, env = "WSHUB_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
+    /// URL that receives signed webhooks (repeatable; each URL gets every hook). Plain `http://`.
+    #[arg(long, env = "WSHUB_WEBHOOK_URL", value_delimiter = ',')]
+    pub webhook_url: Vec<String>,
+
+    /// Webhook signing secret: `whsec_<base64>` (Standard Webhooks form) or raw text.
+    #[arg(long, env = "WSHUB_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+
+    /// How long a failed webhook is retried (exponential backoff) before it is given up.
+    #[arg(long, env = "WSHUB_WEBHOOK_RETRY_FOR", default_value = "1h", value_parser = parse_duration)]
+    pub webhook_retry_for: Duration,
+
+    /// A user (or channel) with no connection for this long gets `user.offline`
+    /// (`channel.vacated`); coming back sooner sends nothing.
+    #[arg(long, env = "WSHUB_OFFLINE_GRACE", default_value = "5s", value_parser = parse_duration)]
+    pub offline_grace: Duration,
+
     /// Namespace rules loaded from `--config` (not a flag).
     #[arg(skip)]
     pub namespaces: Namespaces,
@@ -156,6 +173,20 @@ pub enum ConfigError {
     /// `--data-dir` is for the single-node engine; Redis keeps history in cluster mode.
     #[error("--data-dir and --redis-url cannot be combined: in cluster mode history lives in Redis")]
     DataDirWithRedis,
+    /// Webhook URLs without a secret would send unsigned hooks.
+    #[error("--webhook-url needs --webhook-secret (hooks are always signed)")]
+    WebhookWithoutSecret,
+    /// A webhook URL that cannot be used.
+    #[error("--webhook-url {url:?}: {reason}")]
+    BadWebhookUrl {
+        /// The URL.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A secret that cannot sign.
+    #[error(transparent)]
+    WebhookSecret(#[from] crate::webhook::sign::SecretError),
     /// A zero history size or TTL.
     #[error("--history-size and --history-ttl must be greater than zero")]
     EmptyHistory,
@@ -188,6 +219,17 @@ impl Config {
         }
         if self.history_size == 0 || self.history_ttl.is_zero() {
             return Err(ConfigError::EmptyHistory);
+        }
+        if !self.webhook_url.is_empty() {
+            let secret = self.webhook_secret.as_deref().ok_or(ConfigError::WebhookWithoutSecret)?;
+            crate::webhook::sign::Signer::new(secret)?;
+        }
+        for url in &self.webhook_url {
+            let bad = |reason: &str| ConfigError::BadWebhookUrl { url: url.clone(), reason: reason.to_string() };
+            let parsed = reqwest::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+            if parsed.scheme() != "http" {
+                return Err(bad("only http:// is supported (put a TLS proxy in front for https)"));
+            }
         }
         if let Some(path) = &self.config_file {
             self.namespaces = Namespaces::load(path)

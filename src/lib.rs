@@ -15,6 +15,7 @@
 //! - [`queue`]: a connection's bounded send queue.
 //! - [`metrics`]: Prometheus counters.
 //! - [`stats`]: per-second samples for `/stats` and the live dashboard.
+//! - [`webhook`]: signed webhooks to the backend, debounced presence, `/presence/users`.
 //! - [`http`]: the router and handlers.
 //! - [`app`]: state shared by handlers and connections.
 
@@ -33,6 +34,7 @@ pub mod protocol;
 pub mod queue;
 pub mod stats;
 pub mod store;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -67,6 +69,9 @@ pub enum Error {
     /// Redis could not be reached at startup.
     #[error("cluster engine: {0}")]
     Engine(#[from] engine::EngineError),
+    /// Webhooks could not start.
+    #[error(transparent)]
+    Webhook(#[from] webhook::WebhookError),
     /// Serving failed.
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
@@ -87,7 +92,9 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
         Some(url) => RedisEngine::connect(hub.clone(), &config, url).await?,
         None => Arc::new(MemoryEngine::new(hub.clone(), &config)?),
     };
-    let actor = Hub::new(hub.clone(), Arc::clone(&engine), Arc::clone(&metrics), config.namespaces.clone());
+    let hooks = webhook::start(&config, Arc::clone(&metrics), shutdown.clone())?;
+    let actor = Hub::new(hub.clone(), Arc::clone(&engine), Arc::clone(&metrics), config.namespaces.clone())
+        .with_observer(hooks.observer);
     let hub_task = tokio::spawn(actor.run(inbox));
     let shutdown_timeout = config.shutdown_timeout;
     let app = Arc::new(AppState {
@@ -100,6 +107,8 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
         shutdown: shutdown.clone(),
         connections: TaskTracker::new(),
         sampler: stats::Sampler::default(),
+        webhooks: hooks.webhooks,
+        presence: hooks.presence,
     });
     tokio::spawn(stats::run(Arc::clone(&app)));
     let router = http::router(Arc::clone(&app));

@@ -30,6 +30,14 @@ pub struct Metrics {
     pub history_bytes: IntGauge,
     /// Seconds from publish accepted to frame written to the socket.
     pub delivery_latency: Histogram,
+    /// Webhook requests answered with a 2xx.
+    pub webhooks_sent: IntCounter,
+    /// Webhooks given up on (retry time over, or dropped from a full queue).
+    pub webhooks_failed: IntCounter,
+    /// Failed webhook attempts that will be retried.
+    pub webhooks_retried: IntCounter,
+    /// Webhooks owed (queued per URL, not yet delivered or given up).
+    pub webhooks_queued: IntGauge,
 }
 
 impl Metrics {
@@ -58,6 +66,16 @@ impl Metrics {
             HistogramOpts::new("wshub_delivery_latency_seconds", "Publish accepted to frame written to the socket")
                 .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
         )?;
+        let webhooks_sent = IntCounter::new("wshub_webhooks_sent_total", "Webhook requests answered with a 2xx")?;
+        let webhooks_failed =
+            IntCounter::new("wshub_webhooks_failed_total", "Webhooks given up on (retry time over or queue full)")?;
+        let webhooks_retried =
+            IntCounter::new("wshub_webhooks_retried_total", "Failed webhook attempts scheduled for a retry")?;
+        let webhooks_queued = IntGauge::new("wshub_webhooks_queued", "Webhooks owed, per URL, not yet delivered")?;
+        registry.register(Box::new(webhooks_sent.clone()))?;
+        registry.register(Box::new(webhooks_failed.clone()))?;
+        registry.register(Box::new(webhooks_retried.clone()))?;
+        registry.register(Box::new(webhooks_queued.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(connections_total.clone()))?;
         registry.register(Box::new(events_by_namespace.clone()))?;
@@ -83,6 +101,10 @@ impl Metrics {
             channels,
             history_bytes,
             delivery_latency,
+            webhooks_sent,
+            webhooks_failed,
+            webhooks_retried,
+            webhooks_queued,
         })
     }
 

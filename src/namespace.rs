@@ -38,6 +38,9 @@ pub struct Namespace {
     /// Whether subscribers get `hub:join`/`hub:leave` events.
     #[serde(default)]
     pub presence: bool,
+    /// Whether client publishes are forwarded to the backend as `client.published` webhooks.
+    #[serde(default)]
+    pub forward: bool,
     /// Events kept per channel (overrides `--history-size`).
     #[serde(default)]
     pub history_size: Option<usize>,

@@ -178,6 +178,16 @@ pub struct DeliverMsg {
     pub reply: Option<oneshot::Sender<Vec<usize>>>,
 }
 
+/// A stream's local subscriber count after a change, for an observer such as webhooks: every
+/// change of a `user:` stream (a user's connections), the first join and last leave of others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamCount {
+    /// The stream.
+    pub stream: String,
+    /// Local subscribers now.
+    pub subscribers: usize,
+}
+
 /// Cloneable handle to the hub.
 #[derive(Clone)]
 pub struct HubHandle {
@@ -311,6 +321,8 @@ pub struct Hub {
     next_ticket: u64,
     /// Fan-out rounds so far (one per delivered event).
     round: u64,
+    /// Told of stream counts without waiting (see [`StreamCount`]).
+    observer: Option<mpsc::Sender<StreamCount>>,
 }
 
 impl Hub {
@@ -325,6 +337,25 @@ impl Hub {
             namespaces,
             next_ticket: 0,
             round: 0,
+            observer: None,
+        }
+    }
+
+    /// Reports stream counts to `observer` with `try_send`: the hub never waits for it.
+    pub fn with_observer(mut self, observer: mpsc::Sender<StreamCount>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    fn observe(&self, stream: &str, subscribers: usize) {
+        let Some(observer) = &self.observer else {
+            return;
+        };
+        if subscribers > 1 && !stream.starts_with("user:") {
+            return;
+        }
+        if observer.try_send(StreamCount { stream: stream.to_string(), subscribers }).is_err() {
+            tracing::warn!(stream, "presence observer queue full: a stream count was not reported");
         }
     }
 
@@ -579,10 +610,14 @@ impl Hub {
             return;
         }
         let subscribers = self.streams.entry(stream.to_string()).or_default();
-        subscribers.insert(id);
-        if subscribers.len() == 1 {
+        let changed = subscribers.insert(id);
+        let count = subscribers.len();
+        if count == 1 {
             self.engine.stream_opened(stream);
             self.metrics.channels.set(self.streams.len() as i64);
+        }
+        if changed {
+            self.observe(stream, count);
         }
         self.presence_event("hub:join", id, stream);
     }
@@ -591,11 +626,15 @@ impl Hub {
         let Some(subscribers) = self.streams.get_mut(stream) else {
             return;
         };
-        subscribers.remove(&id);
-        if subscribers.is_empty() {
+        let changed = subscribers.remove(&id);
+        let count = subscribers.len();
+        if count == 0 {
             self.streams.remove(stream);
             self.engine.stream_closed(stream);
             self.metrics.channels.set(self.streams.len() as i64);
+        }
+        if changed {
+            self.observe(stream, count);
         }
         self.presence_event("hub:leave", id, stream);
     }
