@@ -13,13 +13,14 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{Sink, SinkExt, StreamExt};
 use serde_json::json;
+use serde_json::value::RawValue;
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::Instrument;
 
 use crate::app::AppState;
 use crate::auth::{AuthError, EXP_LEEWAY_S, Identity, may_subscribe};
-use crate::engine::NewEvent;
+use crate::engine::{NewEvent, Published};
 use crate::hub::{Command, ConnId, NewConn, Outbound, Resume};
 use crate::metrics::Metrics;
 use crate::protocol::{ClientMessage, CloseReason, error_frame, now_rfc3339, to_frame, validate_channel};
@@ -656,13 +657,38 @@ impl Reader {
             from: self.identity.user.clone(),
             exclude: Some(self.app.hub.client_id(self.id)),
         };
+        let forward = self.app.config.namespaces.find(&channel).is_some_and(|ns| ns.forward);
+        let copy = forward.then(|| (new.kind.clone(), new.message.clone(), new.data.clone()));
         match self.app.engine.publish(vec![new], None).await {
             Ok(published) => {
+                if let (Some((kind, message, data)), Some(p)) = (copy, published.first()) {
+                    self.forward(&channel, p, &kind, &message, &data);
+                }
                 let id = published.first().map(|p| p.id.clone());
                 self.send(to_frame(&json!({"type": "hub:published", "channel": channel, "id": id})));
             }
             Err(err) => self.send(error_frame("internal", &err.to_string(), Some(&channel))),
         }
+    }
+}
+
+impl Reader {
+    /// `client.published`: a client publish in a namespace with `forward = true`.
+    fn forward(&self, channel: &str, published: &Published, kind: &str, message: &str, data: &RawValue) {
+        let client_id = self.app.hub.client_id(self.id);
+        self.app.webhooks.emit(
+            "client.published",
+            json!({
+                "channel": channel,
+                "user": self.identity.user,
+                "client_id": client_id,
+                "id": published.id,
+                "seq": published.seq,
+                "type": kind,
+                "message": message,
+                "data": data,
+            }),
+        );
     }
 }
 

@@ -1,4 +1,4 @@
-//! Operator endpoints behind the API-key rule: stats, metrics, channels, presence, history,
+//! Operator endpoints behind the API-key rule: stats, metrics, channels, presence, online users, history,
 //! clients, recent events, disconnect; plus `POST /dev/token` in `--dev` mode.
 
 use std::net::SocketAddr;
@@ -24,6 +24,7 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
         .route("/metrics", get(metrics))
         .route("/channels", get(channels))
         .route("/channels/{name}/presence", get(presence))
+        .route("/presence/users", get(presence_users))
         .route("/channels/{name}/history", get(history))
         .route("/clients", get(clients))
         .route("/events", get(recent_events))
@@ -51,6 +52,12 @@ async fn channels(State(app): State<Arc<AppState>>) -> Result<Json<Value>, ApiEr
     let list = app.hub.ask(|reply| Command::Channels { reply }).await?;
     let rows: Vec<Value> = list.into_iter().map(|(name, n)| json!({"channel": name, "subscribers": n})).collect();
     Ok(Json(json!({ "channels": rows })))
+}
+
+/// Users announced online by webhooks (not yet announced offline), so a backend can reconcile.
+async fn presence_users(State(app): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let users = app.presence.users().await.ok_or(crate::engine::EngineError::Stopped)?;
+    Ok(Json(json!({"count": users.len(), "users": users})))
 }
 
 async fn presence(State(app): State<Arc<AppState>>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {

@@ -20,6 +20,7 @@ use crate::app::AppState;
 use crate::engine::{NewEvent, Published};
 use crate::metrics::namespace_of;
 use crate::protocol::{empty_object, validate_channel};
+use crate::webhook::Notification;
 
 /// Most notifications in one batch.
 pub const MAX_BATCH: usize = 1000;
@@ -40,6 +41,10 @@ struct NotifyBody {
     user: Option<Value>,
     role: Option<Value>,
     idempotency_key: Option<String>,
+    /// The `client_id` (from `hub:connected`) of a connection that must not get this event.
+    exclude_client: Option<Value>,
+    /// `"webhook"`: also send a `notification.unread` webhook for each target user.
+    fallback: Option<Value>,
     /// Accepted and ignored: Go hub publishers may send one; the hub sets its own.
     #[serde(rename = "timestamp")]
     _timestamp: Option<Value>,
@@ -49,7 +54,12 @@ struct NotifyBody {
 pub(crate) struct Accepted {
     pub event: NewEvent,
     pub key: Option<String>,
+    /// Whether `notification.unread` webhooks were asked for.
+    pub fallback_webhook: bool,
 }
+
+/// Longest accepted `exclude_client`.
+const MAX_CLIENT_ID_LEN: usize = 64;
 
 async fn notify(
     State(app): State<Arc<AppState>>,
@@ -87,6 +97,13 @@ async fn notify(
     for a in &accepted {
         count_namespaces(&app, &a.event);
     }
+    if accepted.iter().any(|a| a.fallback_webhook) && !app.webhooks.enabled() {
+        return Err(reject(
+            "invalid",
+            ApiError::bad_request("fallback \"webhook\" needs --webhook-url (no webhook is configured)"),
+        ));
+    }
+    let unread: Vec<Option<Unread>> = accepted.iter().map(Unread::of).collect();
     let described: Option<Vec<(String, Vec<String>)>> = tracing::enabled!(tracing::Level::DEBUG)
         .then(|| accepted.iter().map(|a| (a.event.kind.clone(), a.event.targets.clone())).collect());
     let events = accepted.into_iter().map(|a| a.event).collect();
@@ -94,6 +111,11 @@ async fn notify(
     if let Some(described) = described {
         for (p, (kind, targets)) in published.iter().zip(&described) {
             tracing::debug!(id = %p.id, seq = p.seq, kind, ?targets, recipients = ?p.recipients, %peer, "published");
+        }
+    }
+    for (p, unread) in published.iter().zip(&unread) {
+        if let Some(unread) = unread {
+            unread.emit(&app, p);
         }
     }
     let answers: Vec<Answer> = published.iter().map(Answer::from).collect();
@@ -114,6 +136,39 @@ struct Answer<'a> {
 impl<'a> From<&'a Published> for Answer<'a> {
     fn from(p: &'a Published) -> Self {
         Self { success: true, id: &p.id, seq: p.seq, recipients: p.recipients, nodes: p.nodes }
+    }
+}
+
+/// What a `notification.unread` webhook needs of an event with `fallback: "webhook"`, kept
+/// because the event itself is moved into the engine.
+struct Unread {
+    users: Vec<String>,
+    kind: String,
+    message: String,
+    data: Box<RawValue>,
+}
+
+impl Unread {
+    fn of(a: &Accepted) -> Option<Self> {
+        a.fallback_webhook.then(|| Self {
+            users: a.event.targets.iter().filter_map(|t| t.strip_prefix("user:")).map(str::to_string).collect(),
+            kind: a.event.kind.clone(),
+            message: a.event.message.clone(),
+            data: a.event.data.clone(),
+        })
+    }
+
+    fn emit(&self, app: &AppState, published: &Published) {
+        let notification = Notification {
+            id: &published.id,
+            seq: published.seq,
+            kind: &self.kind,
+            message: &self.message,
+            data: &self.data,
+        };
+        for user in &self.users {
+            app.webhooks.notification_unread(user, &notification);
+        }
     }
 }
 
@@ -220,8 +275,36 @@ pub(crate) fn parse_one(json: &[u8]) -> Result<Accepted, ApiError> {
     targets_of("channel", body.channel, "", &mut targets)?;
     targets_of("user", body.user, "user:", &mut targets)?;
     targets_of("role", body.role, "role:", &mut targets)?;
-    let event = NewEvent { kind, message, data, targets, from: None, exclude: None };
-    Ok(Accepted { event, key: body.idempotency_key })
+    let exclude = match body.exclude_client {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if is_client_id(&s) => Some(s),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "field `exclude_client` must be a client_id from hub:connected (like \"a1b2c3-42\")",
+            ));
+        }
+    };
+    let fallback_webhook = match body.fallback {
+        None | Some(Value::Null) => false,
+        Some(Value::String(s)) if s == "webhook" => true,
+        Some(_) => return Err(ApiError::bad_request("field `fallback` must be \"webhook\"")),
+    };
+    if fallback_webhook && !targets.iter().any(|t| t.starts_with("user:")) {
+        return Err(ApiError::bad_request("field `fallback` needs a `user` target: unread is per user"));
+    }
+    let event = NewEvent { kind, message, data, targets, from: None, exclude };
+    Ok(Accepted { event, key: body.idempotency_key, fallback_webhook })
+}
+
+/// True for a `client_id` as `hub:connected` gives it: node id, `-`, connection number.
+fn is_client_id(s: &str) -> bool {
+    s.len() <= MAX_CLIENT_ID_LEN
+        && s.split_once('-').is_some_and(|(node, n)| {
+            !node.is_empty()
+                && node.chars().all(|c| c.is_ascii_alphanumeric())
+                && !n.is_empty()
+                && n.chars().all(|c| c.is_ascii_digit())
+        })
 }
 
 /// Adds the streams named by a target field (a string or an array of strings).
@@ -285,6 +368,11 @@ mod tests {
         assert!(err("not json").contains("invalid JSON"));
         assert!(err("[]").contains("empty batch"));
         assert!(err(r#"{"type":"t","user":[]}"#).contains("empty list"));
+        assert!(err(r#"{"type":"t","exclude_client":5}"#).contains("`exclude_client`"));
+        assert!(err(r#"{"type":"t","exclude_client":"nodash"}"#).contains("`exclude_client`"));
+        assert!(err(r#"[{"type":"t"},{"type":"t","exclude_client":"a-b"}]"#).starts_with("item 1:"));
+        assert!(err(r#"{"type":"t","fallback":"email"}"#).contains("`fallback`"));
+        assert!(err(r#"{"type":"t","channel":"news","fallback":"webhook"}"#).contains("`user` target"));
     }
 
     #[test]
@@ -293,6 +381,16 @@ mod tests {
             parse_body(br#"{"type":"t","user":["1",2,"1"],"role":"admin","channel":"news"}"#).expect("valid");
         assert!(!batch);
         assert_eq!(a[0].event.targets, vec!["news", "user:1", "user:2", "role:admin"]);
+    }
+
+    #[test]
+    fn exclude_client_and_fallback_are_carried() {
+        let (a, _) =
+            parse_body(br#"[{"type":"t","exclude_client":"k3x9Qa-17"},{"type":"t","user":"9","fallback":"webhook"}]"#)
+                .expect("valid");
+        assert_eq!(a[0].event.exclude.as_deref(), Some("k3x9Qa-17"));
+        assert!(!a[0].fallback_webhook);
+        assert!(a[1].fallback_webhook && a[1].event.exclude.is_none());
     }
 
     #[test]

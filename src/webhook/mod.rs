@@ -74,6 +74,28 @@ impl Hook {
     }
 }
 
+/// The event a `notification.unread` hook is about.
+#[derive(Debug, Serialize)]
+pub struct Notification<'a> {
+    /// Event id.
+    pub id: &'a str,
+    /// Event seq.
+    pub seq: u64,
+    /// Event type.
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+    /// Event text.
+    pub message: &'a str,
+    /// Event payload.
+    pub data: &'a serde_json::value::RawValue,
+}
+
+impl<'a> From<&'a Event> for Notification<'a> {
+    fn from(event: &'a Event) -> Self {
+        Self { id: &event.id, seq: event.seq, kind: &event.kind, message: &event.message, data: &event.data }
+    }
+}
+
 /// Hands hooks to every URL's outbox without waiting; cheap to clone. Without `--webhook-url`
 /// it drops everything.
 #[derive(Clone)]
@@ -107,40 +129,10 @@ impl Webhooks {
         }
     }
 
-    /// `notification.unread`: `user` did not read `event` (asked by `/notify` with
+    /// `notification.unread`: `user` has not read `notification` (asked by `/notify` with
     /// `fallback: "webhook"`; Web Push's `fallback_after` calls the same).
-    pub fn notification_unread(&self, user: &str, event: &Event) {
-        self.emit(
-            "notification.unread",
-            json!({
-                "user": user,
-                "notification": {
-                    "id": event.id,
-                    "seq": event.seq,
-                    "type": event.kind,
-                    "message": event.message,
-                    "data": event.data,
-                    "timestamp": event.timestamp,
-                },
-            }),
-        );
-    }
-
-    /// `client.published`: a client published `event` in a namespace with `forward = true`.
-    pub fn client_published(&self, client_id: &str, event: &Event) {
-        self.emit(
-            "client.published",
-            json!({
-                "channel": event.targets.first(),
-                "user": event.from,
-                "client_id": client_id,
-                "id": event.id,
-                "seq": event.seq,
-                "type": event.kind,
-                "message": event.message,
-                "data": event.data,
-            }),
-        );
+    pub fn notification_unread(&self, user: &str, notification: &Notification<'_>) {
+        self.emit("notification.unread", json!({"user": user, "notification": notification}));
     }
 }
 
