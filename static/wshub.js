@@ -10,6 +10,9 @@
  *   hub.on('missed', ({stream}) => ...);  // resume failed: reload the app's data
  *   hub.connect();
  *   await hub.subscribe('room-1');
+ *   hub.clientId                          // this connection's client_id from hub:connected:
+ *                                         // send it as /notify `exclude_client` so this tab does
+ *                                         // not get its own echo (new on every reconnect)
  *
  * What it does for you:
  *  - reconnects with exponential backoff + full jitter (base 500 ms, cap 30 s; reset once a
@@ -58,7 +61,7 @@
     this.storageKey = opts.persist === 'session' ? 'wshub:' + this.url : null;
 
     this.state = 'closed';
-    this.clientId = null;
+    this.clientId = null;        // client_id of the current connection (for exclude_client)
     this.user = null;
     this.epoch = null;
     this.channels = [];          // automatic streams from hub:connected
