@@ -92,7 +92,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
         Some(url) => RedisEngine::connect(hub.clone(), &config, url).await?,
         None => Arc::new(MemoryEngine::new(hub.clone(), &config)?),
     };
-    let hooks = webhook::start(&config, Arc::clone(&metrics), shutdown.clone())?;
+    let hooks = webhook::start(&config, &node, Arc::clone(&metrics), shutdown.clone()).await?;
     let actor = Hub::new(hub.clone(), Arc::clone(&engine), Arc::clone(&metrics), config.namespaces.clone())
         .with_observer(hooks.observer);
     let hub_task = tokio::spawn(actor.run(inbox));

@@ -328,3 +328,136 @@ async fn webhook_flags_are_checked_at_startup() {
     assert_eq!(c.offline_grace, Duration::from_secs(5));
     assert_eq!(c.webhook_retry_for, Duration::from_secs(3600));
 }
+
+/// `--node-ttl` (the presence lease) of the cluster nodes in these tests.
+const LEASE: Duration = Duration::from_secs(2);
+
+/// A cluster node (the real binary) sending hooks to `receiver`.
+async fn cluster_node(redis: &RedisServer, receiver: &Receiver) -> ChildHub {
+    let (redis_url, url) = (redis.url(), receiver.url());
+    ChildHub::start(&[
+        "--redis-url",
+        &redis_url,
+        "--node-ttl",
+        "2s",
+        "--jwt-secret",
+        JWT,
+        "--webhook-url",
+        &url,
+        "--webhook-secret",
+        SECRET,
+        "--offline-grace",
+        GRACE,
+    ])
+    .await
+}
+
+async fn cluster_user(hub: &ChildHub, id: &str) -> Client {
+    let mut client = Client::connect(&hub.ws_url(&format!("/ws?token={}", token(JWT, id, &[], 600)))).await;
+    client.hello = client.next_json().await;
+    assert_eq!(client.hello["type"], "hub:connected");
+    client
+}
+
+impl Receiver {
+    /// Asserts that no hook arrives for a grace and a lease.
+    async fn assert_quiet(&mut self) {
+        tokio::time::sleep(Duration::from_millis(1500) + LEASE).await;
+        assert!(self.hooks.try_recv().is_err(), "unexpected hook");
+    }
+}
+
+#[tokio::test]
+async fn cluster_presence_is_one_online_and_one_offline_across_nodes() {
+    let redis = RedisServer::start();
+    let mut rx = Receiver::start(SECRET).await;
+    let (a, b) = (cluster_node(&redis, &rx).await, cluster_node(&redis, &rx).await);
+    let on_a = cluster_user(&a, "xia").await;
+    assert_eq!(rx.expect("user.online").await.data, json!({"user": "xia", "connections": 1}));
+    let mut on_b = cluster_user(&b, "xia").await;
+    drop(on_a);
+    rx.assert_quiet().await;
+    let (_, users) = get_json(&a.url("/presence/users"), &[]).await;
+    assert_eq!(users["users"], json!([{"user": "xia", "connections": 1}]), "cluster-wide, read on the node she left");
+    on_b.ws.close(None).await.expect("close");
+    assert_eq!(rx.expect("user.offline").await.data["user"], "xia");
+    rx.assert_quiet().await;
+}
+
+#[tokio::test]
+async fn a_killed_nodes_users_get_one_offline_each_from_a_survivor() {
+    let redis = RedisServer::start();
+    let mut rx = Receiver::start(SECRET).await;
+    let victim = cluster_node(&redis, &rx).await;
+    let survivors = [cluster_node(&redis, &rx).await, cluster_node(&redis, &rx).await];
+    let _k1 = cluster_user(&victim, "k1").await;
+    let _k2 = cluster_user(&victim, "k2").await;
+    let _s = cluster_user(&survivors[0], "s").await;
+    let mut online: Vec<String> = Vec::new();
+    for _ in 0..3 {
+        online.push(rx.expect("user.online").await.data["user"].as_str().expect("user").to_string());
+    }
+    online.sort();
+    assert_eq!(online, ["k1", "k2", "s"]);
+
+    victim.signal("KILL");
+    let killed = tokio::time::Instant::now();
+    let mut offline: Vec<String> = Vec::new();
+    for _ in 0..2 {
+        offline.push(rx.expect("user.offline").await.data["user"].as_str().expect("user").to_string());
+    }
+    offline.sort();
+    assert_eq!(offline, ["k1", "k2"]);
+    let bound = LEASE + Duration::from_millis(1500) + Duration::from_secs(2);
+    assert!(killed.elapsed() <= bound, "took {:?}, more than lease + grace + margin", killed.elapsed());
+    rx.assert_quiet().await;
+    drop(victim);
+}
+
+#[tokio::test]
+async fn hooks_owed_by_a_killed_node_are_delivered_by_a_survivor() {
+    let redis = RedisServer::start();
+    let mut rx = Receiver::start(SECRET).await;
+    rx.down.store(true, Ordering::SeqCst);
+    let victim = cluster_node(&redis, &rx).await;
+    let _survivor = cluster_node(&redis, &rx).await;
+    let _v = cluster_user(&victim, "vic").await;
+    let (status, answer) =
+        post_json(&victim.url("/notify"), &json!({"type": "t", "user": "vic", "fallback": "webhook"}), &[]).await;
+    assert_eq!(status, 200, "{answer}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while rx.rejected.load(Ordering::SeqCst) == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    victim.signal("KILL");
+    rx.down.store(false, Ordering::SeqCst);
+    let mut kinds = Vec::new();
+    let mut ids = HashSet::new();
+    for _ in 0..3 {
+        let hook = rx.next().await;
+        assert!(ids.insert(hook.id.clone()), "{} twice", hook.id);
+        kinds.push(hook.kind);
+    }
+    kinds.sort();
+    assert_eq!(kinds, ["notification.unread", "user.offline", "user.online"]);
+    rx.assert_quiet().await;
+    drop(victim);
+}
+
+#[tokio::test]
+async fn exclude_client_works_across_two_nodes() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let a = ChildHub::start(&["--redis-url", &url]).await;
+    let b = ChildHub::start(&["--redis-url", &url]).await;
+    let mut sender = Client::connect(&a.ws_url("/ws")).await;
+    let sender_id = sender.next_json().await["client_id"].as_str().expect("client_id").to_string();
+    let mut other = Client::connect(&b.ws_url("/ws")).await;
+    other.next_json().await;
+    let (status, _) = post_json(&b.url("/notify"), &json!({"type": "echo", "exclude_client": sender_id}), &[]).await;
+    assert_eq!(status, 200);
+    let (status, _) = post_json(&b.url("/notify"), &json!({"type": "after"}), &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(other.next_event().await["type"], "echo");
+    assert_eq!(sender.next_event().await["type"], "after", "the sender on the other node skipped its echo");
+}

@@ -56,7 +56,9 @@ async fn channels(State(app): State<Arc<AppState>>) -> Result<Json<Value>, ApiEr
 
 /// Users announced online by webhooks (not yet announced offline), so a backend can reconcile.
 async fn presence_users(State(app): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    let users = app.presence.users().await.ok_or(crate::engine::EngineError::Stopped)?;
+    let users = app.presence.users().await.ok_or_else(|| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "presence is unavailable (stopping, or Redis)")
+    })?;
     Ok(Json(json!({"count": users.len(), "users": users})))
 }
 

@@ -5,12 +5,14 @@
 //!   and `channel.occupied`/`channel.vacated` hooks and answers `GET /presence/users`.
 //! - [`outbox`] delivers each hook to each URL at least once, in order, with backoff, from a
 //!   bounded queue of its own, so a slow backend never delays WebSocket delivery.
-//! - [`store`] keeps owed hooks in `--data-dir` across restarts; [`sign`] signs requests.
+//! - [`store`] keeps owed hooks in `--data-dir` across restarts; [`redis`] keeps presence and
+//!   owed hooks in Redis in cluster mode; [`sign`] signs requests.
 //!
 //! The hub only `try_send`s to [`presence`]; nothing here is ever awaited by the hub.
 
 pub mod outbox;
 pub mod presence;
+pub mod redis;
 pub mod sign;
 pub mod store;
 
@@ -26,7 +28,9 @@ use crate::config::Config;
 use crate::hub::StreamCount;
 use crate::metrics::Metrics;
 use crate::protocol::{Event, now_rfc3339};
+use outbox::Persist;
 use presence::{PresenceHandle, Tracker};
+use redis::ClusterPresence;
 use sign::{SecretError, Signer};
 use store::{HookStore, HookStoreError};
 
@@ -44,6 +48,9 @@ pub enum WebhookError {
     /// `--data-dir` could not hold the owed hooks.
     #[error(transparent)]
     Store(#[from] HookStoreError),
+    /// Cluster presence could not reach Redis.
+    #[error(transparent)]
+    Cluster(#[from] redis::ClusterError),
     /// The HTTP client could not be built.
     #[error("webhook client: {0}")]
     Client(String),
@@ -100,7 +107,8 @@ impl<'a> From<&'a Event> for Notification<'a> {
 /// it drops everything.
 #[derive(Clone)]
 pub struct Webhooks {
-    outboxes: Arc<Vec<mpsc::Sender<Arc<Hook>>>>,
+    /// (URL, its outbox), in flag order.
+    outboxes: Arc<Vec<(String, mpsc::Sender<Arc<Hook>>)>>,
     metrics: Arc<Metrics>,
 }
 
@@ -121,11 +129,23 @@ impl Webhooks {
             return;
         }
         let hook = Arc::new(Hook::new(kind, data));
-        for outbox in self.outboxes.iter() {
-            if outbox.try_send(Arc::clone(&hook)).is_err() {
-                self.metrics.webhooks_failed.inc();
-                tracing::warn!(kind, id = %hook.id, "webhook hand-over queue full or closed: hook dropped");
-            }
+        for (_, outbox) in self.outboxes.iter() {
+            self.hand_over(outbox, Arc::clone(&hook));
+        }
+    }
+
+    /// Queues an existing hook (owed by a node that died) for `url`, keeping its id.
+    pub fn requeue(&self, url: &str, hook: Hook) {
+        match self.outboxes.iter().find(|(u, _)| u == url) {
+            Some((_, outbox)) => self.hand_over(outbox, Arc::new(hook)),
+            None => tracing::warn!(url, id = %hook.id, "owed webhook for a URL this node does not have: dropped"),
+        }
+    }
+
+    fn hand_over(&self, outbox: &mpsc::Sender<Arc<Hook>>, hook: Arc<Hook>) {
+        if outbox.try_send(Arc::clone(&hook)).is_err() {
+            self.metrics.webhooks_failed.inc();
+            tracing::warn!(id = %hook.id, "webhook hand-over queue full or closed: hook dropped");
         }
     }
 
@@ -147,7 +167,13 @@ pub struct Started {
 }
 
 /// Starts the presence tracker and one outbox per `--webhook-url`; they stop with `shutdown`.
-pub fn start(config: &Config, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Result<Started, WebhookError> {
+/// In cluster mode (`--redis-url`) presence and owed hooks live in Redis under `node`'s lease.
+pub async fn start(
+    config: &Config,
+    node: &str,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<Started, WebhookError> {
     let (observer, counts) = mpsc::channel(OBSERVER_QUEUE);
     let Some(secret) = config.webhook_secret.as_deref().filter(|_| !config.webhook_url.is_empty()) else {
         let webhooks = Webhooks::disabled(metrics);
@@ -162,6 +188,15 @@ pub fn start(config: &Config, metrics: Arc<Metrics>, shutdown: CancellationToken
             (Some(store), owed)
         }
         None => (None, store::Owed::default()),
+    };
+    let cluster = match &config.redis_url {
+        Some(url) => Some(ClusterPresence::connect(url, node, config.node_ttl, config.offline_grace).await?),
+        None => None,
+    };
+    let persist = match (&cluster, &store) {
+        (Some(cluster), _) => Persist::Redis(cluster.clone()),
+        (None, Some(store)) => Persist::Disk(store.clone()),
+        (None, None) => Persist::Nowhere,
     };
     let client = reqwest::Client::builder()
         .timeout(outbox::ATTEMPT_TIMEOUT)
@@ -180,12 +215,12 @@ pub fn start(config: &Config, metrics: Arc<Metrics>, shutdown: CancellationToken
             client: client.clone(),
             signer: Arc::clone(&signer),
             retry_for: config.webhook_retry_for,
-            store: store.clone(),
+            persist: persist.clone(),
             metrics: Arc::clone(&metrics),
             next_order: Arc::clone(&next_order),
         };
         tokio::spawn(outbox.run(restored, rx, shutdown.clone()));
-        outboxes.push(tx);
+        outboxes.push((url.clone(), tx));
     }
     for (url, _, hook) in &owed.pending {
         if !config.webhook_url.contains(url) {
@@ -193,7 +228,10 @@ pub fn start(config: &Config, metrics: Arc<Metrics>, shutdown: CancellationToken
         }
     }
     let webhooks = Webhooks { outboxes: Arc::new(outboxes), metrics };
-    let (presence, tracker) = Tracker::new(config.offline_grace, webhooks.clone(), store, owed.online);
+    let (presence, mut tracker) = Tracker::new(config.offline_grace, webhooks.clone(), store, owed.online);
+    if let Some(cluster) = cluster {
+        tracker = tracker.with_cluster(cluster);
+    }
     tokio::spawn(tracker.run(counts, shutdown));
     Ok(Started { webhooks, presence, observer })
 }
@@ -203,6 +241,6 @@ impl Webhooks {
     /// Webhooks whose single outbox is the returned receiver.
     pub fn capture(metrics: Arc<Metrics>) -> (Self, mpsc::Receiver<Arc<Hook>>) {
         let (tx, rx) = mpsc::channel(HANDOVER_QUEUE);
-        (Self { outboxes: Arc::new(vec![tx]), metrics }, rx)
+        (Self { outboxes: Arc::new(vec![("test".into(), tx)]), metrics }, rx)
     }
 }

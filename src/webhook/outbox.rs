@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Hook;
+use super::redis::ClusterPresence;
 use super::sign::Signer;
 use super::store::HookStore;
 use crate::metrics::Metrics;
@@ -36,12 +37,59 @@ pub struct Outbox {
     pub signer: Arc<Signer>,
     /// How long after creation a hook is retried.
     pub retry_for: Duration,
-    /// `--data-dir` copy of the queue.
-    pub store: Option<HookStore>,
+    /// Where owed hooks are kept besides memory.
+    pub persist: Persist,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// Order numbers shared by all outboxes (keys in the store).
     pub next_order: Arc<AtomicU64>,
+}
+
+/// Where a queue's owed hooks are kept so a restart (or, in a cluster, another node) sends them.
+#[derive(Clone)]
+pub enum Persist {
+    /// Memory only.
+    Nowhere,
+    /// `--data-dir`.
+    Disk(HookStore),
+    /// Redis, adopted by a surviving node when this one dies.
+    Redis(ClusterPresence),
+}
+
+impl Persist {
+    async fn add(&self, url: &str, rows: Vec<(u64, Arc<Hook>)>) {
+        let result = match self.clone() {
+            Self::Nowhere => return,
+            Self::Disk(store) => {
+                let url = url.to_string();
+                tokio::task::spawn_blocking(move || store.add(&url, &rows))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+            }
+            Self::Redis(mut cluster) => cluster.add_owed(url, &rows).await.map_err(|e| e.to_string()),
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "owed webhooks not stored: kept in memory only");
+        }
+    }
+
+    async fn remove(&self, url: &str, order: u64) {
+        let result = match self.clone() {
+            Self::Nowhere => return,
+            Self::Disk(store) => {
+                let url = url.to_string();
+                tokio::task::spawn_blocking(move || store.remove(&url, order))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+            }
+            Self::Redis(mut cluster) => cluster.remove_owed(url, order).await.map_err(|e| e.to_string()),
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "finished webhook not removed from the store");
+        }
+    }
 }
 
 /// The queue and its byte count.
@@ -110,7 +158,7 @@ impl Outbox {
                 queue.items.pop_front();
                 queue.bytes -= hook.bytes();
                 self.metrics.webhooks_queued.dec();
-                self.forget(order).await;
+                self.persist.remove(&self.url, order).await;
             }
             // Take what arrived meanwhile in one store transaction.
             let mut arrived = Vec::new();
@@ -156,30 +204,10 @@ impl Outbox {
             self.metrics.webhooks_queued.inc();
             added.push((order, hook));
         }
-        if let Some(store) = self.store.clone()
-            && !added.is_empty()
-        {
-            let (url, rows) = (self.url.clone(), added.clone());
-            match tokio::task::spawn_blocking(move || store.add(&url, &rows)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "owed webhooks not stored: kept in memory only"),
-                Err(e) => tracing::error!(error = %e, "webhook store task failed"),
-            }
+        if !added.is_empty() {
+            self.persist.add(&self.url, added.clone()).await;
         }
         queue.items.extend(added);
-    }
-
-    /// Removes a finished hook from the store.
-    async fn forget(&self, order: u64) {
-        let Some(store) = self.store.clone() else {
-            return;
-        };
-        let url = self.url.clone();
-        match tokio::task::spawn_blocking(move || store.remove(&url, order)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "delivered webhook not removed from the store"),
-            Err(e) => tracing::error!(error = %e, "webhook store task failed"),
-        }
     }
 
     /// One signed POST; `Err` says why it did not get a 2xx.

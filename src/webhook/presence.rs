@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Webhooks;
+use super::redis::ClusterPresence;
 use super::store::HookStore;
 use crate::hub::StreamCount;
 use crate::protocol::now_rfc3339;
@@ -28,6 +29,22 @@ enum Subject {
 }
 
 impl Subject {
+    /// Its key in cluster presence.
+    fn key(&self) -> String {
+        match self {
+            Self::User(user) => format!("u:{user}"),
+            Self::Channel(channel) => format!("c:{channel}"),
+        }
+    }
+
+    fn from_key(key: &str) -> Option<Self> {
+        match key.split_once(':')? {
+            ("u", user) => Some(Self::User(user.to_string())),
+            ("c", channel) => Some(Self::Channel(channel.to_string())),
+            _ => None,
+        }
+    }
+
     fn of(stream: &str) -> Option<Self> {
         if let Some(user) = stream.strip_prefix("user:") {
             Some(Self::User(user.to_string()))
@@ -60,15 +77,16 @@ pub struct OnlineUser {
 /// Asks the tracker who is online.
 #[derive(Clone)]
 pub struct PresenceHandle {
-    queries: mpsc::Sender<oneshot::Sender<Vec<OnlineUser>>>,
+    queries: mpsc::Sender<oneshot::Sender<Option<Vec<OnlineUser>>>>,
 }
 
 impl PresenceHandle {
-    /// Users announced online (and not yet announced offline), sorted; `None` when stopped.
+    /// Users announced online (and not yet announced offline), sorted; `None` when stopped or,
+    /// in cluster mode, when Redis cannot be read.
     pub async fn users(&self) -> Option<Vec<OnlineUser>> {
         let (tx, rx) = oneshot::channel();
         self.queries.send(tx).await.ok()?;
-        rx.await.ok()
+        rx.await.ok().flatten()
     }
 }
 
@@ -81,8 +99,15 @@ pub struct Tracker {
     announced: HashMap<Subject, Entry>,
     /// Offline deadlines in time order.
     due: BTreeSet<(Instant, Subject)>,
-    queries: mpsc::Receiver<oneshot::Sender<Vec<OnlineUser>>>,
+    queries: mpsc::Receiver<oneshot::Sender<Option<Vec<OnlineUser>>>>,
+    /// Cluster mode: presence lives in Redis; `local` are this node's counts to publish again
+    /// if the node was reaped while cut off.
+    cluster: Option<ClusterPresence>,
+    local: HashMap<Subject, usize>,
 }
+
+/// How often a cluster node renews its lease and claims due offlines.
+const SWEEP_PERIOD: Duration = Duration::from_millis(250);
 
 impl Tracker {
     /// A tracker; `online` are users announced online before a restart, who get one grace to
@@ -94,7 +119,16 @@ impl Tracker {
         online: Vec<String>,
     ) -> (PresenceHandle, Self) {
         let (tx, queries) = mpsc::channel(64);
-        let mut tracker = Self { grace, webhooks, store, announced: HashMap::new(), due: BTreeSet::new(), queries };
+        let mut tracker = Self {
+            grace,
+            webhooks,
+            store,
+            announced: HashMap::new(),
+            due: BTreeSet::new(),
+            queries,
+            cluster: None,
+            local: HashMap::new(),
+        };
         let (now_text, _) = now_rfc3339();
         let deadline = Instant::now() + grace;
         for user in online {
@@ -105,8 +139,17 @@ impl Tracker {
         (PresenceHandle { queries: tx }, tracker)
     }
 
+    /// Keeps presence in Redis instead of this process (cluster mode).
+    pub fn with_cluster(mut self, cluster: ClusterPresence) -> Self {
+        self.cluster = Some(cluster);
+        self
+    }
+
     /// Runs until `shutdown` or until the hub drops its sender.
     pub async fn run(mut self, mut counts: mpsc::Receiver<StreamCount>, shutdown: CancellationToken) {
+        if let Some(cluster) = self.cluster.take() {
+            return self.run_cluster(cluster, counts, shutdown).await;
+        }
         loop {
             let next = self.due.first().map(|(at, _)| *at);
             tokio::select! {
@@ -115,10 +158,78 @@ impl Tracker {
                     None => return,
                 },
                 Some(reply) = self.queries.recv() => {
-                    let _ = reply.send(self.online_users());
+                    let _ = reply.send(Some(self.online_users()));
                 }
                 () = sleep_until(next) => self.on_due(Instant::now()),
                 () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Cluster mode: counts go to Redis; a sweep every [`SWEEP_PERIOD`] renews the lease and
+    /// announces the offlines this node claimed (its own or a dead node's).
+    async fn run_cluster(
+        mut self,
+        mut cluster: ClusterPresence,
+        mut counts: mpsc::Receiver<StreamCount>,
+        shutdown: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(SWEEP_PERIOD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                // The first tick is immediate: the node registers before publishing counts.
+                biased;
+                _ = tick.tick() => self.sweep(&mut cluster).await,
+                count = counts.recv() => match count {
+                    Some(count) => self.publish_count(&mut cluster, &count.stream, count.subscribers).await,
+                    None => return,
+                },
+                Some(reply) = self.queries.recv() => {
+                    let _ = reply.send(cluster_users(&mut cluster).await);
+                }
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    async fn publish_count(&mut self, cluster: &mut ClusterPresence, stream: &str, subscribers: usize) {
+        let Some(subject) = Subject::of(stream) else {
+            return;
+        };
+        if subscribers == 0 {
+            self.local.remove(&subject);
+        } else {
+            self.local.insert(subject.clone(), subscribers);
+        }
+        match cluster.update(&subject.key(), subscribers).await {
+            Ok(Some(total)) => self.announce_online(&subject, total),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "presence count not published"),
+        }
+    }
+
+    async fn sweep(&mut self, cluster: &mut ClusterPresence) {
+        let swept = match cluster.sweep().await {
+            Ok(swept) => swept,
+            Err(e) => return tracing::warn!(error = %e, "presence sweep failed"),
+        };
+        for (key, last_seen) in &swept.offline {
+            if let Some(subject) = Subject::from_key(key) {
+                self.announce_offline(&subject, last_seen);
+            }
+        }
+        for (url, hook) in swept.adopted {
+            tracing::info!(url, id = %hook.id, "adopting a webhook owed by a node that died");
+            self.webhooks.requeue(&url, hook);
+        }
+        if !swept.registered {
+            // Reaped while cut off from Redis (or just started): tell the cluster again.
+            let local: Vec<(Subject, usize)> = self.local.iter().map(|(s, n)| (s.clone(), *n)).collect();
+            for (subject, n) in local {
+                if let Err(e) = cluster.update(&subject.key(), n).await {
+                    tracing::warn!(error = %e, "presence count not published");
+                }
             }
         }
     }
@@ -205,6 +316,20 @@ impl Tracker {
         users.sort_by(|a, b| a.user.cmp(&b.user));
         users
     }
+}
+
+/// Users announced online across the cluster; `None` when Redis cannot be read.
+async fn cluster_users(cluster: &mut ClusterPresence) -> Option<Vec<OnlineUser>> {
+    let online = cluster.online().await.map_err(|e| tracing::warn!(error = %e, "online users not read")).ok()?;
+    let mut users: Vec<OnlineUser> = online
+        .into_iter()
+        .filter_map(|(key, connections)| match Subject::from_key(&key) {
+            Some(Subject::User(user)) => Some(OnlineUser { user, connections }),
+            _ => None,
+        })
+        .collect();
+    users.sort_by(|a, b| a.user.cmp(&b.user));
+    Some(users)
 }
 
 /// Sleeps until `at`, or forever without one.
