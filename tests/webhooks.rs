@@ -461,3 +461,30 @@ async fn exclude_client_works_across_two_nodes() {
     assert_eq!(other.next_event().await["type"], "echo");
     assert_eq!(sender.next_event().await["type"], "after", "the sender on the other node skipped its echo");
 }
+
+#[tokio::test]
+async fn a_backend_that_never_answers_delays_no_websocket_delivery() {
+    // Accepts connections and never answers: every attempt waits for its 10 s timeout.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/hooks", silent.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let hub = TestHub::start(&["--jwt-secret", JWT, "--webhook-url", &url, "--webhook-secret", SECRET]).await;
+    let mut users = Vec::new();
+    for i in 0..20 {
+        users.push(user(&hub, &format!("p{i}")).await);
+    }
+    let (status, _) = hub.notify(json!({"type": "live"})).await;
+    assert_eq!(status, 200);
+    for client in &mut users {
+        assert_eq!(client.next_event().await["type"], "live");
+    }
+    // The outbox kept taking hooks while its first attempt hangs: all 20 are owed, none lost.
+    wait_queued(&hub, 20.0).await;
+    assert_eq!(metric(&hub, "wshub_webhooks_failed_total").await, 0.0);
+    hub.stop().await;
+}

@@ -125,9 +125,15 @@ impl Outbox {
                 }
                 continue;
             };
-            let delivered = tokio::select! {
-                result = self.attempt(&hook) => result,
-                () = shutdown.cancelled() => return,
+            // Keep taking hooks while a slow backend answers, so the hand-over never fills up.
+            let attempt = self.attempt(&hook);
+            tokio::pin!(attempt);
+            let delivered = loop {
+                tokio::select! {
+                    result = &mut attempt => break result,
+                    Some(more) = rx.recv() => self.accept(&mut queue, vec![more]).await,
+                    () = shutdown.cancelled() => return,
+                }
             };
             let result = match delivered {
                 Ok(()) => {
