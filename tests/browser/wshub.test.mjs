@@ -220,6 +220,14 @@ test('(c) wshub.js: subscribe/unsubscribe promises, acks, and missed after a mem
   });
   assert.ok(await pg.evaluate(() => typeof window.c.clientId === 'string' && window.c.clientId.length > 0), 'clientId set');
 
+  // hub.clientId as /notify exclude_client: this client skips its own echo, the page's gets it
+  const clientId = await pg.evaluate(() => window.c.clientId);
+  const echo = await notifyOk(h, { type: 'echo', exclude_client: clientId });
+  const after = await notifyOk(h, { type: 'after-echo' });
+  await pg.waitForFunction((id) => window.cGot.some((n) => n.id === id), after.id, { timeout: 2000 });
+  await waitEvents(pg, [echo.id, after.id]);
+  assert.ok(!(await pg.evaluate((id) => window.cGot.some((n) => n.id === id), echo.id)), 'excluded client got its echo');
+
   // subscribe resolves with hub:subscribed
   const sub = await pg.evaluate(() => window.c.subscribe('room-a'));
   assert.equal(sub.type, 'hub:subscribed');
