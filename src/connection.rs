@@ -670,9 +670,7 @@ impl Reader {
             Err(err) => self.send(error_frame("internal", &err.to_string(), Some(&channel))),
         }
     }
-}
 
-impl Reader {
     /// `client.published`: a client publish in a namespace with `forward = true`.
     fn forward(&self, channel: &str, published: &Published, kind: &str, message: &str, data: &RawValue) {
         let client_id = self.app.hub.client_id(self.id);
