@@ -24,7 +24,9 @@ const JWT: &str = "webhook-test-jwt-secret";
 const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 /// A grace short enough for end-to-end tests (the default 5 s is tested with paused time in
 /// `webhook::presence`); a reconnect on loopback takes milliseconds.
-const GRACE: &str = "1500ms";
+const GRACE: &str = "2s";
+/// [`GRACE`] as a duration.
+const GRACE_TIME: Duration = Duration::from_secs(2);
 
 /// One verified hook as the receiver accepted it.
 #[derive(Debug, Clone)]
@@ -142,7 +144,7 @@ async fn presence_hooks_are_signed_debounced_and_alternate() {
     drop(second);
     first.ws.close(None).await.expect("close");
     let mut again = user(&hub, "ann").await;
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    tokio::time::sleep(GRACE_TIME + Duration::from_millis(500)).await;
     assert!(rx.hooks.try_recv().is_err(), "a reconnect within the grace sends nothing");
     let (status, users) = get_json(&hub.url("/presence/users"), &[]).await;
     assert_eq!(status, 200);
@@ -362,7 +364,7 @@ async fn cluster_user(hub: &ChildHub, id: &str) -> Client {
 impl Receiver {
     /// Asserts that no hook arrives for a grace and a lease.
     async fn assert_quiet(&mut self) {
-        tokio::time::sleep(Duration::from_millis(1500) + LEASE).await;
+        tokio::time::sleep(GRACE_TIME + LEASE).await;
         assert!(self.hooks.try_recv().is_err(), "unexpected hook");
     }
 }
@@ -408,7 +410,7 @@ async fn a_killed_nodes_users_get_one_offline_each_from_a_survivor() {
     }
     offline.sort();
     assert_eq!(offline, ["k1", "k2"]);
-    let bound = LEASE + Duration::from_millis(1500) + Duration::from_secs(2);
+    let bound = LEASE + GRACE_TIME + Duration::from_secs(2);
     assert!(killed.elapsed() <= bound, "took {:?}, more than lease + grace + margin", killed.elapsed());
     rx.assert_quiet().await;
     drop(victim);
