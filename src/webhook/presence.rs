@@ -104,6 +104,8 @@ pub struct Tracker {
     /// if the node was reaped while cut off.
     cluster: Option<ClusterPresence>,
     local: HashMap<Subject, usize>,
+    /// Cluster mode: counts Redis did not take (unreachable), retried at every sweep.
+    unpublished: HashMap<Subject, usize>,
 }
 
 /// How often a cluster node renews its lease and claims due offlines.
@@ -128,6 +130,7 @@ impl Tracker {
             queries,
             cluster: None,
             local: HashMap::new(),
+            unpublished: HashMap::new(),
         };
         let (now_text, _) = now_rfc3339();
         let deadline = Instant::now() + grace;
@@ -202,10 +205,19 @@ impl Tracker {
         } else {
             self.local.insert(subject.clone(), subscribers);
         }
-        match cluster.update(&subject.key(), subscribers).await {
+        self.unpublished.remove(&subject);
+        self.publish(cluster, subject, subscribers).await;
+    }
+
+    /// Sends one count to Redis; one it does not take is kept for the next sweep.
+    async fn publish(&mut self, cluster: &mut ClusterPresence, subject: Subject, count: usize) {
+        match cluster.update(&subject.key(), count).await {
             Ok(Some(total)) => self.announce_online(&subject, total),
             Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "presence count not published"),
+            Err(e) => {
+                tracing::warn!(error = %e, "presence count not published; retried at the next sweep");
+                self.unpublished.insert(subject, count);
+            }
         }
     }
 
@@ -223,14 +235,15 @@ impl Tracker {
             tracing::info!(url, id = %hook.id, "adopting a webhook owed by a node that died");
             self.webhooks.requeue(&url, hook);
         }
-        if !swept.registered {
+        let retry: Vec<(Subject, usize)> = if swept.registered {
+            self.unpublished.drain().collect()
+        } else {
             // Reaped while cut off from Redis (or just started): tell the cluster again.
-            let local: Vec<(Subject, usize)> = self.local.iter().map(|(s, n)| (s.clone(), *n)).collect();
-            for (subject, n) in local {
-                if let Err(e) = cluster.update(&subject.key(), n).await {
-                    tracing::warn!(error = %e, "presence count not published");
-                }
-            }
+            self.unpublished.clear();
+            self.local.iter().map(|(s, n)| (s.clone(), *n)).collect()
+        };
+        for (subject, n) in retry {
+            self.publish(cluster, subject, n).await;
         }
     }
 
