@@ -490,3 +490,42 @@ async fn a_backend_that_never_answers_delays_no_websocket_delivery() {
     assert_eq!(metric(&hub, "wshub_webhooks_failed_total").await, 0.0);
     hub.stop().await;
 }
+
+/// The process id of the Redis server on `port` (from `INFO server`, raw RESP).
+fn redis_pid(port: u16) -> u32 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect redis");
+    stream.write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n").expect("send INFO");
+    stream.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+    let mut text = String::new();
+    let mut buf = [0u8; 4096];
+    while !text.contains("process_id:") || !text[text.find("process_id:").unwrap_or(0)..].contains("\r\n") {
+        let n = stream.read(&mut buf).expect("read INFO");
+        assert!(n > 0, "redis closed while answering INFO");
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let line = text.lines().find_map(|l| l.strip_prefix("process_id:")).expect("process_id");
+    line.trim().parse().expect("pid")
+}
+
+fn signal(pid: u32, name: &str) {
+    let status =
+        std::process::Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().expect("kill");
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+#[tokio::test]
+async fn a_disconnect_while_redis_is_unreachable_still_gets_its_offline() {
+    let redis = RedisServer::start();
+    let mut rx = Receiver::start(SECRET).await;
+    let node = cluster_node(&redis, &rx).await;
+    let mut ola = cluster_user(&node, "ola").await;
+    rx.expect("user.online").await;
+    let pid = redis_pid(redis.port);
+    signal(pid, "STOP");
+    ola.ws.close(None).await.expect("close");
+    // Longer than a Redis command's timeout: the count cannot be published now.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    signal(pid, "CONT");
+    assert_eq!(rx.expect("user.offline").await.data["user"], "ola");
+}
