@@ -127,5 +127,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
         Ok(Err(join)) => tracing::error!(error = %join, "server task failed"),
         Err(_) => tracing::warn!("HTTP server did not stop within {shutdown_timeout:?}"),
     }
+    // Publishes still in flight were answered above; what they wrote is now closed cleanly.
+    app.engine.close().await;
     Ok(())
 }
