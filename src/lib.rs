@@ -85,7 +85,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
     let (hub, inbox) = hub::channel(&node);
     let engine: Arc<dyn Engine> = match &config.redis_url {
         Some(url) => RedisEngine::connect(hub.clone(), &config, url).await?,
-        None => Arc::new(MemoryEngine::new(hub.clone(), &config)?),
+        None => Arc::new(MemoryEngine::new(hub.clone(), &config, Arc::clone(&metrics))?),
     };
     let actor = Hub::new(hub.clone(), Arc::clone(&engine), Arc::clone(&metrics), config.namespaces.clone());
     let hub_task = tokio::spawn(actor.run(inbox));

@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 
 use super::memory::{Accepted, Core};
 use super::{EngineError, NewEvent};
+use crate::metrics::Metrics;
 use crate::protocol::Event;
 use crate::store::{Store, StoreError};
 
@@ -32,24 +33,30 @@ enum Job {
 pub(super) struct Writer {
     jobs: mpsc::Sender<Job>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Writer {
     /// Starts the writer thread over `store`.
-    pub(super) fn start(store: Store, core: Arc<Core>) -> Result<Self, StoreError> {
+    pub(super) fn start(store: Store, core: Arc<Core>, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
         let (jobs, inbox) = mpsc::channel();
+        let for_thread = Arc::clone(&metrics);
         let thread = std::thread::Builder::new()
             .name("wshub-store".into())
-            .spawn(move || write_loop(&store, &core, &inbox))
+            .spawn(move || write_loop(&store, &core, &for_thread, &inbox))
             .map_err(|e| StoreError::new(format!("cannot start the writer thread: {e}")))?;
-        Ok(Self { jobs, thread: Mutex::new(Some(thread)) })
+        Ok(Self { jobs, thread: Mutex::new(Some(thread)), metrics })
     }
 
     /// Writes `batch` with the next group commit and hands it to the hub; answers once it is on
     /// disk.
     pub(super) async fn publish(&self, batch: Vec<NewEvent>) -> Result<Accepted, EngineError> {
         let (reply, answer) = oneshot::channel();
-        self.jobs.send(Job::Publish { batch, reply }).map_err(|_| EngineError::Stopped)?;
+        self.metrics.store_waiting.inc();
+        if self.jobs.send(Job::Publish { batch, reply }).is_err() {
+            self.metrics.store_waiting.dec();
+            return Err(EngineError::Stopped);
+        }
         // A dropped reply means the writer stopped before taking the job: nothing was written.
         answer.await.map_err(|_| EngineError::Stopped)?
     }
@@ -83,7 +90,7 @@ struct Pending {
     reply: oneshot::Sender<Result<Accepted, EngineError>>,
 }
 
-fn write_loop(store: &Store, core: &Core, inbox: &mpsc::Receiver<Job>) {
+fn write_loop(store: &Store, core: &Core, metrics: &Metrics, inbox: &mpsc::Receiver<Job>) {
     let mut stopping = false;
     while !stopping {
         let Ok(first) = inbox.recv() else { break };
@@ -111,12 +118,14 @@ fn write_loop(store: &Store, core: &Core, inbox: &mpsc::Receiver<Job>) {
                 Job::Stop => stopping = true,
             }
         }
-        commit_group(store, core, group);
+        let answered = group.len() as i64;
+        commit_group(store, core, metrics, group);
+        metrics.store_waiting.sub(answered);
     }
 }
 
 /// Writes a group and the pending evictions in one transaction, then applies and answers it.
-fn commit_group(store: &Store, core: &Core, group: Vec<Pending>) {
+fn commit_group(store: &Store, core: &Core, metrics: &Metrics, group: Vec<Pending>) {
     let (evicted, floor) = match core.lock() {
         Ok(mut state) => (std::mem::take(&mut state.unsaved_evictions), state.history.evicted_upto()),
         Err(e) => return refuse(group, &e),
@@ -125,7 +134,11 @@ fn commit_group(store: &Store, core: &Core, group: Vec<Pending>) {
     if events.is_empty() && evicted.is_empty() {
         return;
     }
-    if let Err(e) = store.commit(&events, &evicted, floor) {
+    let timer = metrics.store_commit_seconds.start_timer();
+    let written = store.commit(&events, &evicted, floor);
+    timer.observe_duration();
+    metrics.store_commits.inc();
+    if let Err(e) = written {
         tracing::error!(error = %e, events = events.len(), "durable write failed; publishes refused");
         if let Ok(mut state) = core.lock() {
             state.unsaved_evictions.extend(evicted);

@@ -19,6 +19,7 @@ use super::{Engine, EngineError, EngineHealth, NewEvent, Published};
 use crate::history::{History, Replay};
 use crate::hub::HubHandle;
 use crate::idempotency::IdempotencyCache;
+use crate::metrics::Metrics;
 use crate::namespace::Namespaces;
 use crate::protocol::{BROADCAST, Delivery, Event, now_rfc3339};
 use crate::store::{Store, StoreError};
@@ -129,7 +130,7 @@ pub struct MemoryEngine {
 impl MemoryEngine {
     /// An engine delivering into `hub`, with history limits from the configuration; with
     /// `--data-dir`, history and epoch are restored from and written to disk.
-    pub fn new(hub: HubHandle, config: &crate::config::Config) -> Result<Self, StoreError> {
+    pub fn new(hub: HubHandle, config: &crate::config::Config, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
         let ttl_ms = u64::try_from(config.history_ttl.as_millis()).unwrap_or(u64::MAX);
         let mut history = History::new(config.history_size, ttl_ms);
         let mut epoch = new_epoch();
@@ -160,7 +161,7 @@ impl MemoryEngine {
             namespaces: config.namespaces.clone(),
             durable: store.is_some(),
         });
-        let writer = store.map(|store| Writer::start(store, Arc::clone(&core))).transpose()?;
+        let writer = store.map(|store| Writer::start(store, Arc::clone(&core), metrics)).transpose()?;
         Ok(Self { core, idempotency: IdempotencyCache::new(config.idempotency_ttl), writer })
     }
 
