@@ -89,14 +89,15 @@ impl Core {
         }
         let stamped = events.iter().map(|e| (e.id.clone(), e.seq)).collect();
         let deliveries = events.iter().map(|e| Arc::new(Delivery::new(Arc::clone(e), &self.epoch))).collect();
-        if let Err(e) = self.hub.deliver(deliveries, Some(reply)) {
-            if !self.durable {
-                // Not accepted: in memory mode an event is accepted when the hub takes it.
-                state.history.rollback(&events);
-                self.position.store(previous, Ordering::Release);
-                return Err(e);
-            }
-            // On disk, so accepted: it is replayed to clients after the restart.
+        // With a data dir the events are on disk, so accepted even if the hub has stopped: they
+        // are replayed to clients after the restart. In memory they are accepted when the hub
+        // takes them.
+        if let Err(e) = self.hub.deliver(deliveries, Some(reply))
+            && !self.durable
+        {
+            state.history.rollback(&events);
+            self.position.store(previous, Ordering::Release);
+            return Err(e);
         }
         Ok((stamped, counts))
     }
