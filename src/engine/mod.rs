@@ -1,5 +1,6 @@
 //! The engine contract: where positions are assigned, history is kept and events travel to the
-//! hubs that deliver them. `memory` serves one process; a Redis engine serves a cluster.
+//! hubs that deliver them. `memory` serves one process (with `durable`, its group-commit writer
+//! for `--data-dir`); a Redis engine serves a cluster.
 //! Like Centrifuge's broker, the memory engine loops a publish straight back into the local hub,
 //! so single-node and cluster mode share one delivery path.
 
