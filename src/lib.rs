@@ -90,7 +90,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
     let (hub, inbox) = hub::channel(&node);
     let engine: Arc<dyn Engine> = match &config.redis_url {
         Some(url) => RedisEngine::connect(hub.clone(), &config, url).await?,
-        None => Arc::new(MemoryEngine::new(hub.clone(), &config)?),
+        None => Arc::new(MemoryEngine::new(hub.clone(), &config, Arc::clone(&metrics))?),
     };
     let hooks = webhook::start(&config, &node, Arc::clone(&metrics), shutdown.clone()).await?;
     let actor = Hub::new(hub.clone(), Arc::clone(&engine), Arc::clone(&metrics), config.namespaces.clone())
@@ -136,5 +136,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
         Ok(Err(join)) => tracing::error!(error = %join, "server task failed"),
         Err(_) => tracing::warn!("HTTP server did not stop within {shutdown_timeout:?}"),
     }
+    // Publishes still in flight were answered above; what they wrote is now closed cleanly.
+    app.engine.close().await;
     Ok(())
 }

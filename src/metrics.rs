@@ -38,6 +38,12 @@ pub struct Metrics {
     pub webhooks_retried: IntCounter,
     /// Webhooks owed (queued per URL, not yet delivered or given up).
     pub webhooks_queued: IntGauge,
+    /// Durable transactions written with `--data-dir` (one fsync each, shared by a group).
+    pub store_commits: IntCounter,
+    /// Seconds each durable transaction took, fsync included.
+    pub store_commit_seconds: Histogram,
+    /// Publishes waiting for their durable commit.
+    pub store_waiting: IntGauge,
 }
 
 impl Metrics {
@@ -76,6 +82,13 @@ impl Metrics {
         registry.register(Box::new(webhooks_failed.clone()))?;
         registry.register(Box::new(webhooks_retried.clone()))?;
         registry.register(Box::new(webhooks_queued.clone()))?;
+        let store_commits =
+            IntCounter::new("wshub_store_commits_total", "Durable transactions written (one fsync each)")?;
+        let store_commit_seconds = Histogram::with_opts(
+            HistogramOpts::new("wshub_store_commit_seconds", "Time of one durable transaction, fsync included")
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+        )?;
+        let store_waiting = IntGauge::new("wshub_store_waiting", "Publishes waiting for their durable commit")?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(connections_total.clone()))?;
         registry.register(Box::new(events_by_namespace.clone()))?;
@@ -87,6 +100,9 @@ impl Metrics {
         registry.register(Box::new(channels.clone()))?;
         registry.register(Box::new(history_bytes.clone()))?;
         registry.register(Box::new(delivery_latency.clone()))?;
+        registry.register(Box::new(store_commits.clone()))?;
+        registry.register(Box::new(store_commit_seconds.clone()))?;
+        registry.register(Box::new(store_waiting.clone()))?;
         Ok(Self {
             registry,
             connections,
@@ -105,6 +121,9 @@ impl Metrics {
             webhooks_failed,
             webhooks_retried,
             webhooks_queued,
+            store_commits,
+            store_commit_seconds,
+            store_waiting,
         })
     }
 

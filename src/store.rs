@@ -2,7 +2,7 @@
 //! database, so a restarted hub resumes clients exactly. Written before an event is delivered,
 //! so a `200` from `/notify` means the event survives a restart.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -19,6 +19,13 @@ const FLOOR: &str = "floor";
 #[derive(Debug, thiserror::Error)]
 #[error("data dir: {0}")]
 pub struct StoreError(String);
+
+impl StoreError {
+    /// An error with this description.
+    pub fn new(msg: impl Into<String>) -> Self {
+        Self(msg.into())
+    }
+}
 
 fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError(e.to_string())
@@ -37,6 +44,7 @@ pub struct Restored {
 /// The open database.
 pub struct Store {
     db: Database,
+    dir: PathBuf,
 }
 
 impl Store {
@@ -44,7 +52,7 @@ impl Store {
     pub fn open(dir: &Path, new_epoch: &str) -> Result<(Self, Restored), StoreError> {
         std::fs::create_dir_all(dir).map_err(err)?;
         let db = Database::create(dir.join("history.redb")).map_err(err)?;
-        let store = Self { db };
+        let store = Self { db, dir: dir.to_path_buf() };
         let restored = store.restore(new_epoch)?;
         Ok((store, restored))
     }
@@ -78,6 +86,7 @@ impl Store {
 
     /// Stores new events and forgets evicted ones in one durable transaction.
     pub fn commit(&self, added: &[Arc<Event>], evicted: &[u64], floor: u64) -> Result<(), StoreError> {
+        stall::wait(&self.dir);
         let txn = self.db.begin_write().map_err(err)?;
         {
             let mut table = txn.open_table(EVENTS).map_err(err)?;
@@ -94,5 +103,67 @@ impl Store {
             }
         }
         txn.commit().map_err(err)
+    }
+}
+
+/// Test seam: holds back the commits of the store in one directory, as a slow disk would, to show
+/// that only the publishes waiting for the disk wait. Costs one atomic load per commit otherwise.
+#[doc(hidden)]
+pub mod stall {
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+
+    /// Held directories and how many commits wait in each.
+    static HELD: Mutex<Vec<(PathBuf, usize)>> = Mutex::new(Vec::new());
+    static RELEASED: Condvar = Condvar::new();
+    static ANY: AtomicBool = AtomicBool::new(false);
+
+    fn held() -> MutexGuard<'static, Vec<(PathBuf, usize)>> {
+        HELD.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Commits in `dir` wait until the returned guard is dropped.
+    pub fn hold(dir: &Path) -> Stall {
+        held().push((dir.to_path_buf(), 0));
+        ANY.store(true, Ordering::Release);
+        Stall { dir: dir.to_path_buf() }
+    }
+
+    /// A held directory; dropping it lets the commits go.
+    pub struct Stall {
+        dir: PathBuf,
+    }
+
+    impl Stall {
+        /// Commits now waiting in this directory.
+        pub fn waiting(&self) -> usize {
+            held().iter().find(|(d, _)| *d == self.dir).map_or(0, |(_, n)| *n)
+        }
+    }
+
+    impl Drop for Stall {
+        fn drop(&mut self) {
+            let mut held = held();
+            held.retain(|(d, _)| *d != self.dir);
+            ANY.store(!held.is_empty(), Ordering::Release);
+            RELEASED.notify_all();
+        }
+    }
+
+    /// Blocks while `dir` is held.
+    pub(super) fn wait(dir: &Path) {
+        if !ANY.load(Ordering::Acquire) {
+            return;
+        }
+        let mut held = held();
+        match held.iter_mut().find(|(d, _)| d == dir) {
+            Some((_, waiting)) => *waiting += 1,
+            None => return,
+        }
+        // Released by dropping the `Stall`, which removes the entry (and its count).
+        while held.iter().any(|(d, _)| d == dir) {
+            held = RELEASED.wait(held).unwrap_or_else(PoisonError::into_inner);
+        }
     }
 }

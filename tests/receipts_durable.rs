@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use common::*;
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 const SECRET: &str = "receipts-test-secret";
@@ -350,5 +351,215 @@ async fn an_ack_from_a_connection_the_event_was_never_written_to_is_not_counted(
     assert_eq!(count(&body["receipts"], "written"), 1, "{body}");
     assert_eq!(count(&body["receipts"], "acked"), 1, "carol was never sent it: {body}");
     assert_eq!(body["receipts"]["acked_users"], json!(["alice"]), "{body}");
+    hub.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Durable commits off the hub's path, group commit, and shutdown (--data-dir)
+// ---------------------------------------------------------------------------------------------
+
+/// Polls `cond` until it holds, failing after [`WAIT`].
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A metric's value from `/metrics` (0 when absent).
+async fn metric(base: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics")).await.expect("metrics").text().await.expect("text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .map_or(0.0, |v| v.trim().parse().expect("metric value"))
+}
+
+/// Posts to `/notify`; `None` when the request failed (the hub went away).
+async fn try_publish(url: &str, body: &Value, headers: &[(&str, &str)]) -> Option<(u16, Value)> {
+    let mut req = reqwest::Client::new().post(url).json(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.ok()?;
+    let status = resp.status().as_u16();
+    Some((status, resp.json::<Value>().await.unwrap_or(Value::Null)))
+}
+
+#[tokio::test]
+async fn with_a_data_dir_a_stalled_disk_commit_delays_no_connect_and_no_resume() {
+    let dir = TempDir::new("stall");
+    let hub = TestHub::start(&["--data-dir", dir.path()]).await;
+    let mut early = hub.client().await;
+    let epoch = early.hello["epoch"].as_str().expect("epoch").to_string();
+    let (status, first) = hub.notify(json!({"type": "before-stall"})).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(early.next_event().await["type"], "before-stall");
+
+    let stall = wshub::store::stall::hold(std::path::Path::new(dir.path()));
+    let url = hub.url("/notify");
+    let stalled = tokio::spawn(async move { post_json(&url, &json!({"type": "stalled"}), &[]).await });
+    until("the publish's commit waits on the disk", || stall.waiting() == 1).await;
+
+    // The disk is stuck, the hub is not: a new connection, a connect resume and a subscribe
+    // resume are all answered, at the last position that is on disk.
+    let fresh = hub.client().await;
+    assert_eq!(fresh.hello["seq"], first["seq"], "{}", fresh.hello);
+    let mut resumed = hub.client_at(&format!("/ws?since=0&epoch={epoch}")).await;
+    assert_eq!(resumed.hello["recovered"], true, "{}", resumed.hello);
+    assert_eq!(resumed.hello["replayed"], 1, "{}", resumed.hello);
+    assert_eq!(resumed.next_event().await["type"], "before-stall");
+    resumed.send_json(json!({"type": "subscribe", "channel": "news", "since": 0, "epoch": epoch})).await;
+    let sub = resumed.next_reply().await;
+    assert_eq!(sub["type"], "hub:subscribed", "{sub}");
+    assert_eq!(sub["recovered"], true, "{sub}");
+    // Not on disk yet, so not delivered and not answered.
+    early.assert_no_event().await;
+    assert!(!stalled.is_finished(), "answered before the event was on disk");
+
+    drop(stall);
+    let (status, answer) = stalled.await.expect("publisher");
+    assert_eq!(status, 200, "{answer}");
+    for client in [&mut early, &mut resumed] {
+        let ev = client.next_event().await;
+        assert_eq!((ev["type"].as_str(), ev["seq"].as_u64()), (Some("stalled"), answer["seq"].as_u64()), "{ev}");
+    }
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn with_a_data_dir_publishes_queued_during_a_commit_share_the_next_one() {
+    const QUEUED: usize = 20;
+    let dir = TempDir::new("group");
+    let hub = TestHub::start(&["--data-dir", dir.path()]).await;
+    let base = format!("http://{}", hub.addr);
+    let mut client = hub.client().await;
+    let stall = wshub::store::stall::hold(std::path::Path::new(dir.path()));
+    let spawn_publish = |i: usize| {
+        let url = format!("{base}/notify");
+        tokio::spawn(async move { post_json(&url, &json!({"type": "grouped", "data": {"i": i}}), &[]).await })
+    };
+    let mut publishers = vec![spawn_publish(0)];
+    until("the first commit waits on the disk", || stall.waiting() == 1).await;
+    let commits_before = metric(&base, "wshub_store_commits_total").await;
+    publishers.extend((1..=QUEUED).map(spawn_publish));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metric(&base, "wshub_store_waiting").await < (QUEUED + 1) as f64 {
+        assert!(tokio::time::Instant::now() < deadline, "the publishes never queued");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    drop(stall);
+    let mut seqs = Vec::new();
+    for publisher in publishers {
+        let (status, answer) = publisher.await.expect("publisher");
+        assert_eq!(status, 200, "{answer}");
+        seqs.push(seq_of(&answer));
+    }
+    let commits = metric(&base, "wshub_store_commits_total").await - commits_before;
+    assert_eq!(commits, 2.0, "the stalled commit, then one for all {QUEUED} publishes queued behind it");
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len(), QUEUED + 1, "every publish has its own seq");
+    let mut delivered: Vec<u64> = Vec::new();
+    for _ in 0..=QUEUED {
+        delivered.push(seq_of(&client.next_event().await));
+    }
+    assert_eq!(delivered, seqs, "delivered once each, in seq order");
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn with_a_data_dir_concurrent_publishes_acknowledged_before_sigkill_all_survive_it() {
+    const PUBLISHERS: usize = 16;
+    const EACH: usize = 40;
+    const KILL_AFTER: usize = 200;
+    let dir = TempDir::new("group-kill");
+    let flags = ["--data-dir", dir.path(), "--history-size", "1000"];
+    let mut hub = ChildHub::start(&flags).await;
+    let port = hub.addr.port();
+    let base = format!("http://{}", hub.addr);
+    let mut listener = child_client(&hub, "/ws").await;
+    assert_eq!(listener.subscribe("load").await["type"], "hub:subscribed");
+
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, u64)>::new()));
+    let mut publishers = Vec::new();
+    for p in 0..PUBLISHERS {
+        let (url, acked) = (format!("{base}/notify"), std::sync::Arc::clone(&acked));
+        publishers.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                let body = json!({"type": "load", "channel": "load", "data": {"p": p, "i": i}});
+                match try_publish(&url, &body, &[]).await {
+                    Some((200, answer)) => acked.lock().expect("acked").push((id_of(&answer), seq_of(&answer))),
+                    _ => return,
+                }
+            }
+        }));
+    }
+    let count = || acked.lock().expect("acked").len();
+    until("enough publishes acknowledged", || count() >= KILL_AFTER).await;
+    hub.signal("KILL");
+    hub.wait_exit().await;
+    for publisher in publishers {
+        publisher.await.expect("publisher");
+    }
+    // Everything the listener got live before the kill.
+    let mut live = Vec::new();
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout(WAIT, listener.ws.next()).await {
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = msg {
+            let v: Value = serde_json::from_str(&text).expect("json");
+            if v["type"] == "load" {
+                live.push((id_of(&v), seq_of(&v)));
+            }
+        }
+    }
+    drop(hub);
+
+    let hub = ChildHub::start_on(port, &flags).await;
+    let (status, page) = get_json(&hub.url("/channels/load/history?since=0&limit=1000"), &[]).await;
+    assert_eq!(status, 200, "{page}");
+    let kept: HashMap<String, u64> =
+        page["events"].as_array().expect("events").iter().map(|e| (id_of(e), seq_of(e))).collect();
+    let acked = acked.lock().expect("acked").clone();
+    assert!(acked.len() >= KILL_AFTER);
+    for (id, seq) in &acked {
+        assert_eq!(kept.get(id), Some(seq), "acknowledged {id} (seq {seq}) lost by SIGKILL");
+    }
+    for (id, seq) in &live {
+        assert_eq!(kept.get(id), Some(seq), "{id} (seq {seq}) was delivered but the restart does not know it");
+    }
+    let distinct: HashSet<u64> = kept.values().copied().collect();
+    assert_eq!(distinct.len(), kept.len(), "one event per seq");
+}
+
+#[tokio::test]
+async fn with_a_data_dir_a_publish_on_disk_when_the_hub_stops_is_answered_200_and_kept_once() {
+    let dir = TempDir::new("shutdown");
+    let hub = TestHub::start(&["--data-dir", dir.path()]).await;
+    let base = format!("http://{}", hub.addr);
+    let mut watcher = hub.client().await;
+    let stall = wshub::store::stall::hold(std::path::Path::new(dir.path()));
+    let url = format!("{base}/notify");
+    let body = json!({"type": "in-flight", "channel": "orders"});
+    let publisher = tokio::spawn(async move { try_publish(&url, &body, &[("Idempotency-Key", "order-1")]).await });
+    until("the publish's commit waits on the disk", || stall.waiting() == 1).await;
+
+    // Shutdown stops the hub actor while the event is being written (the actor closes every
+    // socket with 1001 as it stops).
+    hub.shutdown.cancel();
+    assert_eq!(watcher.ended().await, Ended::Closed(1001));
+    drop(stall);
+    let (status, answer) = publisher.await.expect("publisher").expect("the in-flight publish is answered");
+    assert_eq!(status, 200, "an event on disk is accepted, whatever the hub is doing: {answer}");
+    assert_eq!(answer["recipients"], 0, "{answer}");
+    let _ = tokio::time::timeout(WAIT, hub.task).await.expect("hub stopped");
+
+    // After the restart the event is there, once: the publisher has no reason to retry.
+    let hub = TestHub::start(&["--data-dir", dir.path()]).await;
+    let (status, page) = get_json(&hub.url("/channels/orders/history?since=0"), &[]).await;
+    assert_eq!(status, 200, "{page}");
+    let events = page["events"].as_array().expect("events");
+    assert_eq!(events.len(), 1, "{page}");
+    assert_eq!(id_of(&events[0]), id_of(&answer));
     hub.stop().await;
 }

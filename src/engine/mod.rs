@@ -1,8 +1,10 @@
 //! The engine contract: where positions are assigned, history is kept and events travel to the
-//! hubs that deliver them. `memory` serves one process; a Redis engine serves a cluster.
+//! hubs that deliver them. `memory` serves one process (with `durable`, its group-commit writer
+//! for `--data-dir`); a Redis engine serves a cluster.
 //! Like Centrifuge's broker, the memory engine loops a publish straight back into the local hub,
 //! so single-node and cluster mode share one delivery path.
 
+mod durable;
 pub mod memory;
 pub mod redis;
 
@@ -122,6 +124,12 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Short description of the engine's state for `/health`.
     fn health(&self) -> EngineHealth;
+
+    /// Called once at shutdown, after the last publish: finishes pending writes and closes
+    /// storage.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// Engine state for `/health`.

@@ -63,6 +63,11 @@ impl Histogram {
     }
 
     /// Value at quantile `q` (0..=1), within the bucket precision; 0 when empty.
+    pub fn count(&self) -> u64 {
+        self.total
+    }
+
+    /// The value at quantile `q` (0..=1).
     pub fn quantile(&self, q: f64) -> u64 {
         if self.total == 0 {
             return 0;

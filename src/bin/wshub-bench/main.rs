@@ -12,6 +12,7 @@
 
 mod cluster;
 mod connect;
+mod durable;
 mod fanout;
 mod hist;
 mod http;
@@ -140,7 +141,7 @@ struct RunArgs {
     /// Milliseconds between probe rounds.
     #[arg(long, default_value_t = 200)]
     probe_interval_ms: u64,
-    /// Phase groups: connect, fanout, targeted, publish, max, probe, cluster, or all.
+    /// Phase groups: connect, fanout, targeted, publish, durable, max, probe, cluster, or all.
     #[arg(long, value_delimiter = ',', default_value = "all")]
     phases: Vec<String>,
     /// redis-server executable the cluster phase starts (a bare name is looked up in $PATH).

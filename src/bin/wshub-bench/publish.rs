@@ -26,6 +26,13 @@ pub struct PublishPhase<'a> {
     pub duration: Duration,
     /// Cores the load generator runs on.
     pub gen_cores: usize,
+    /// Each single event carries its send time as `data.t` (ns since the UNIX epoch), so a
+    /// watching client can measure delivery latency.
+    pub timestamped: bool,
+}
+
+fn timestamped_body() -> Bytes {
+    Bytes::from(format!(r#"{{"type":"bench","message":"publish api","data":{{"t":{}}}}}"#, proc_stats::unix_nanos()))
 }
 
 fn body(batch: usize) -> Bytes {
@@ -50,13 +57,15 @@ pub async fn run(hub: &Hub, p: &PublishPhase<'_>) -> Result<PhaseResult> {
     let machine_a = proc_stats::machine_busy_seconds();
     let start = Instant::now();
     let deadline = start + p.duration;
+    let timestamped = p.timestamped;
     let tasks = conns.into_iter().map(|mut http| {
         let payload = payload.clone();
         async move {
             let (mut ok, mut errors, mut first_error, mut hist) = (0u64, 0u64, None, Histogram::default());
             while Instant::now() < deadline {
                 let t0 = Instant::now();
-                match http.post_json("/notify", payload.clone()).await {
+                let body = if timestamped { timestamped_body() } else { payload.clone() };
+                match http.post_json("/notify", body).await {
                     Ok((200, _)) => ok += 1,
                     Ok((status, body)) => {
                         errors += 1;

@@ -10,6 +10,7 @@ use anyhow::Result;
 
 use crate::cluster;
 use crate::connect::{self, ConnectPhase};
+use crate::durable;
 use crate::fanout::{self, FanoutPhase, Pace};
 use crate::hubproc::{Hub, HubKind, HubSpec};
 use crate::pool::Pool;
@@ -83,7 +84,7 @@ pub struct Config {
     pub connect_concurrency: usize,
     /// Drain limit after the last publish.
     pub drain: Duration,
-    /// Phase groups to run: connect/fanout, targeted, publish, max, probe, cluster.
+    /// Phase groups to run: connect/fanout, targeted, publish, durable, max, probe, cluster.
     pub phases: Vec<String>,
     /// `redis-server` executable of the cluster phase (a bare name is looked up in `$PATH`).
     pub redis_bin: PathBuf,
@@ -138,6 +139,19 @@ pub async fn run(cfg: &Config, environment: serde_json::Value) -> Result<Report>
             eprintln!("wshub-bench: scenario publish against {}", t.kind.name());
             let r = publish_scenario(cfg, t).await;
             let r = settle(&mut pool, "publish", t.kind, r).await;
+            results.extend(r);
+        }
+    }
+    if cfg.wants("durable") {
+        for t in &cfg.targets {
+            if t.kind != HubKind::Wshub || t.spawn.is_none() {
+                let why = "needs a wshub it starts itself (the Go hub keeps no history)";
+                results.push(PhaseResult::not_applicable(durable::KEY, &durable::title(cfg), t.kind.name(), why));
+                continue;
+            }
+            eprintln!("wshub-bench: scenario durable against {}", t.kind.name());
+            let r = durable::run(cfg, t).await;
+            let r = settle(&mut pool, durable::KEY, t.kind, r).await;
             results.extend(r);
         }
     }
@@ -314,6 +328,7 @@ async fn publish_scenario(cfg: &Config, t: &Target) -> Result<Vec<PhaseResult>> 
         batch: 1,
         duration: cfg.publish_time,
         gen_cores: cfg.gen_cores,
+        timestamped: false,
     };
     out.push(publish::run(&hub, &p).await?);
     let title =
@@ -328,6 +343,7 @@ async fn publish_scenario(cfg: &Config, t: &Target) -> Result<Vec<PhaseResult>> 
             batch: cfg.publish_batch,
             duration: cfg.publish_time,
             gen_cores: cfg.gen_cores,
+            timestamped: false,
         };
         out.push(publish::run(&hub, &p).await?);
     }
@@ -482,6 +498,33 @@ fn summary(rep: &Report, cfg: &Config) -> Vec<SummaryRow> {
             ratio: None,
             target: "stated (issue 6)".into(),
             verdict: if hop.is_some() { "stated".into() } else { "n/a".into() },
+        });
+    }
+    let memory = rep.value(durable::KEY, "wshub", "requests_per_s");
+    let disk = rep.value(durable::KEY, durable::DURABLE, "requests_per_s");
+    rows.push(SummaryRow {
+        figure: format!(
+            "/notify requests/s with --data-dir (in memory, same run: {})",
+            memory.map_or_else(|| "n/a".into(), crate::report::fmt_num)
+        ),
+        wshub: disk,
+        go: None,
+        ratio: None,
+        target: "≥ 7,850/s (10x one commit per publish)".into(),
+        verdict: verdict(disk.map(|d| d >= 7_850.0)),
+    });
+    for (metric, what) in [("delivery_p99_ms", "delivery"), ("ping_p99_ms", "ping"), ("connect_p99_ms", "connect")] {
+        let (m, d) = (rep.value(durable::KEY, "wshub", metric), rep.value(durable::KEY, durable::DURABLE, metric));
+        rows.push(SummaryRow {
+            figure: format!(
+                "p99 {what} latency under /notify load with --data-dir, ms (in memory: {})",
+                m.map_or_else(|| "n/a".into(), crate::report::fmt_num)
+            ),
+            wshub: d,
+            go: None,
+            ratio: None,
+            target: "stated (issue 10)".into(),
+            verdict: if d.is_some() { "stated".into() } else { "n/a".into() },
         });
     }
     let mw = rep.value("connect_max", "wshub", "connected");
