@@ -10,6 +10,8 @@ use crate::auth::Verifier;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::hub::HubHandle;
+use crate::idempotency::Fingerprints;
+use crate::limits::RateLimiter;
 use crate::metrics::Metrics;
 use crate::stats::Sampler;
 
@@ -33,4 +35,8 @@ pub struct AppState {
     pub connections: TaskTracker,
     /// Per-second samples for `/stats` and the dashboard.
     pub sampler: Sampler,
+    /// `--notify-rate` per address.
+    pub notify_rate: RateLimiter,
+    /// Which body each `Idempotency-Key` was first used with.
+    pub idempotency: Fingerprints,
 }

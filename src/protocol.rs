@@ -55,10 +55,15 @@ pub enum ClientMessage {
         /// Channel name.
         channel: String,
     },
-    /// Authenticate (first frame) or refresh the token of a live connection.
+    /// Authenticate (first frame) or refresh the token of a live connection; or, with `api_key`,
+    /// become an operator connection without putting the key in the URL.
     Auth {
         /// The JWT.
-        token: String,
+        #[serde(default)]
+        token: Option<String>,
+        /// The hub's API key (operator connections).
+        #[serde(default)]
+        api_key: Option<String>,
     },
     /// Publish to a channel whose namespace allows client publishing.
     Publish {
