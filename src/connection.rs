@@ -634,12 +634,10 @@ impl Reader {
             self.app.metrics.auth_failures.with_label_values(&["invalid"]).inc();
             return self.send(error_frame("unauthorized", &err.to_string(), None));
         }
-        if !self.identity.operator {
-            let identity = Identity { operator: true, ..Identity::clone(&self.identity) }.shared();
-            self.identity = Arc::clone(&identity);
-            self.app.hub.send(Command::Identify { id: self.id, identity }).await;
-        }
-        self.send(to_frame(&json!({"type": "hub:authenticated", "operator": true})));
+        // The hub answers `hub:authenticated`, as for a refreshed token.
+        let identity = Identity { operator: true, ..Identity::clone(&self.identity) }.shared();
+        self.identity = Arc::clone(&identity);
+        self.app.hub.send(Command::Identify { id: self.id, identity }).await;
     }
 
     async fn reauthenticate(&mut self, token: &str) {

@@ -365,6 +365,32 @@ pub fn rss_bytes() -> u64 {
 mod tests {
     use super::*;
 
+    /// Data that a `serde_json::Value` cannot hold (events stored by an older version, or
+    /// arriving from another node) is shown as stored instead of panicking the reader.
+    #[test]
+    fn event_rows_show_any_valid_json_data_as_stored() {
+        let deep = format!("{}1{}", "[".repeat(300), "]".repeat(300));
+        for data in ["1e400", "-1e999", deep.as_str(), r#"{"a":1.5e308}"#] {
+            let event = Arc::new(Event {
+                id: "e1".into(),
+                seq: 1,
+                kind: "t".into(),
+                message: String::new(),
+                data: serde_json::value::RawValue::from_string(data.to_string()).expect("valid JSON text"),
+                timestamp: String::new(),
+                targets: vec!["c".into()],
+                from: None,
+                exclude: None,
+                accepted_ms: 0,
+                receipt: Default::default(),
+            });
+            let row = EventRow { event, receipt: Some((json!(2), json!(1))) };
+            let text = serde_json::to_string(&row).expect("serializes");
+            assert!(text.contains(&format!(r#""data":{data},"#)), "{text}");
+            assert!(text.ends_with(r#""recipients":2,"acked":1}"#), "{text}");
+        }
+    }
+
     #[test]
     fn rates_come_from_counter_deltas() {
         let metrics = Metrics::new().expect("metrics");
