@@ -547,6 +547,7 @@ impl Reader {
             Ok(ws) => match *ws {
                 WsError::Capacity(_) => Some(CloseReason::TooBig),
                 WsError::Utf8(_) => Some(CloseReason::InvalidUtf8),
+                WsError::Protocol(_) => Some(CloseReason::ProtocolError),
                 _ => None,
             },
             Err(_) => None,

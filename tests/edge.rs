@@ -507,3 +507,72 @@ async fn fresh_channel_names_do_not_make_new_metric_series() {
     assert_eq!(series, [r#"wshub_events_published_total{namespace="other"} 1000"#], "{series:?}");
     hub.stop().await;
 }
+
+// ---- close frames arrive -------------------------------------------------------------------
+
+/// How a connection ended, read at the TCP level after sending `frame` (raw bytes of one or more
+/// WebSocket frames): the close code found in the server's close frame, and whether the socket
+/// then ended cleanly (FIN) rather than with a reset, which can destroy unread data in clients.
+async fn close_after(hub: &TestHub, frame: &[u8]) -> (Option<u16>, bool) {
+    let mut client = hub.client().await;
+    let tokio_tungstenite::MaybeTlsStream::Plain(stream) = client.ws.get_mut() else { unreachable!("plain ws://") };
+    stream.write_all(frame).await.expect("write");
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    let clean = tokio::time::timeout(WAIT, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) => return true,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+                Err(_) => return false,
+            }
+        }
+    })
+    .await
+    .expect("the hub did not close the socket");
+    // The server's close frame: 0x88, a short length, then the code.
+    let code = received
+        .windows(4)
+        .find(|w| w[0] == 0x88 && w[1] >= 2 && w[1] <= 125)
+        .map(|w| u16::from_be_bytes([w[2], w[3]]));
+    (code, clean)
+}
+
+/// A masked client frame with `opcode`, the given payload length and zero bytes as payload.
+fn client_frame(opcode: u8, len: usize) -> Vec<u8> {
+    let mut frame = vec![0x80 | opcode];
+    match len {
+        0..=125 => frame.push(0x80 | len as u8),
+        126..=65535 => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    frame.resize(frame.len() + len, b'x');
+    frame
+}
+
+#[tokio::test]
+async fn the_documented_close_code_arrives_before_the_socket_closes() {
+    let hub = TestHub::start(&[]).await;
+    // Repeated, because a reset that beats the close frame is a race the client sometimes wins.
+    for round in 0..3 {
+        // 64 KiB against the default 512-byte limit: most of it is unread when the hub closes.
+        assert_eq!(close_after(&hub, &client_frame(0x1, 64 * 1024)).await, (Some(1009), true), "round {round}");
+        // A binary frame, then more data the hub never reads.
+        let mut binary = client_frame(0x2, 16);
+        binary.extend(client_frame(0x1, 100).repeat(200));
+        assert_eq!(close_after(&hub, &binary).await, (Some(1008), true), "round {round}");
+        // An unmasked frame (a protocol error), then more data.
+        let mut unmasked = vec![0x81, 5];
+        unmasked.extend_from_slice(b"hello");
+        unmasked.extend(client_frame(0x1, 100).repeat(200));
+        assert_eq!(close_after(&hub, &unmasked).await, (Some(1002), true), "round {round}");
+    }
+    hub.stop().await;
+}

@@ -6,6 +6,12 @@
 //! whole life (the WebSocket that the upgrade makes of it included), and hyper closes it when a
 //! request head is not complete within `--header-read-timeout` of the connection's start or of
 //! the previous response.
+//!
+//! Closing is lingering, as in nginx and Apache: when a socket is dropped (after a WebSocket close
+//! frame, or an HTTP answer sent before the request body was read), its write side is shut down
+//! and what the peer still sends is read and dropped for up to [`LINGER`]. Closing with unread
+//! bytes would make the kernel send a reset, which can destroy the close frame (1009, 1002, ...)
+//! before the client has read it.
 
 use std::io;
 use std::net::SocketAddr;
@@ -31,6 +37,8 @@ use crate::metrics::Metrics;
 
 /// Time a refused socket is given to read its 503 before it is closed.
 const REFUSE_WAIT: Duration = Duration::from_millis(500);
+/// Longest time a closing socket keeps reading what the peer still sends.
+pub const LINGER: Duration = Duration::from_secs(2);
 /// Pause after an accept error such as "too many open files", so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -91,7 +99,7 @@ fn serve_connection(
     stop: CancellationToken,
 ) -> impl Future<Output = ()> + Send + 'static {
     let metrics = Arc::clone(&options.metrics);
-    let io = TokioIo::new(Counted { stream, _slot: slot });
+    let io = TokioIo::new(Counted::new(stream, slot));
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(remote));
         router.clone().call(request)
@@ -138,29 +146,75 @@ async fn refuse(mut stream: TcpStream, refused: Refused) {
     .await;
 }
 
-/// A socket that holds its connection's place in [`ConnLimits`] until it is dropped.
+/// A socket that holds its connection's place in [`ConnLimits`] until it is dropped, then closes
+/// with [`linger`]. The stream is an `Option` only so that `Drop` can move it into that task.
 struct Counted {
-    stream: TcpStream,
+    stream: Option<TcpStream>,
     _slot: ConnSlot,
+}
+
+impl Counted {
+    fn new(stream: TcpStream, slot: ConnSlot) -> Self {
+        Self { stream: Some(stream), _slot: slot }
+    }
+
+    fn stream(&mut self) -> io::Result<Pin<&mut TcpStream>> {
+        match self.stream.as_mut() {
+            Some(stream) => Ok(Pin::new(stream)),
+            None => Err(io::Error::from(io::ErrorKind::NotConnected)),
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let (Some(stream), Ok(runtime)) = (self.stream.take(), tokio::runtime::Handle::try_current()) {
+            runtime.spawn(linger(stream));
+        }
+    }
+}
+
+/// Shuts the write side (everything written so far, the close frame included, is delivered
+/// before the FIN), then reads and drops what the peer sends until it closes or [`LINGER`] passes.
+async fn linger(mut stream: TcpStream) {
+    let _ = tokio::time::timeout(LINGER, async {
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, io::Error>(())
+    })
+    .await;
 }
 
 impl AsyncRead for Counted {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        match self.stream() {
+            Ok(stream) => stream.poll_read(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
     }
 }
 
 impl AsyncWrite for Counted {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        match self.stream() {
+            Ok(stream) => stream.poll_write(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        match self.stream() {
+            Ok(stream) => stream.poll_flush(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        match self.stream() {
+            Ok(stream) => stream.poll_shutdown(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
     }
 
     fn poll_write_vectored(
@@ -168,10 +222,13 @@ impl AsyncWrite for Counted {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        match self.stream() {
+            Ok(stream) => stream.poll_write_vectored(cx, bufs),
+            Err(e) => Poll::Ready(Err(e)),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        self.stream.as_ref().is_some_and(TcpStream::is_write_vectored)
     }
 }
