@@ -197,7 +197,15 @@ pub enum ConfigError {
 impl Config {
     /// Parses the command line and environment, loads `--config`, and checks the result.
     pub fn load() -> Result<Self, ConfigError> {
-        Self::parse().finish()
+        let mut config = Self::parse();
+        // The variable's old name, from before CORS and WebSocket origins became one rule.
+        if config.allowed_origins.is_empty()
+            && let Ok(old) = std::env::var("WSHUB_CORS_ORIGINS")
+        {
+            config.allowed_origins =
+                old.split(',').map(str::trim).filter(|o| !o.is_empty()).map(String::from).collect();
+        }
+        config.finish()
     }
 
     /// Configuration for tests and embedding: defaults with the address set to `127.0.0.1:0`.
