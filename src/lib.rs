@@ -16,7 +16,8 @@
 //! - [`queue`]: a connection's bounded send queue.
 //! - [`metrics`]: Prometheus counters.
 //! - [`stats`]: per-second samples for `/stats` and the live dashboard.
-//! - [`http`]: the router and handlers.
+//! - [`http`]: the router and handlers; `http::serve` is the accept loop (header-read timeout,
+//!   connection limits, lingering close) and `http::origin` the Origin and Host checks.
 //! - [`app`]: state shared by handlers and connections.
 
 pub mod app;
