@@ -344,6 +344,14 @@ async fn a_dns_rebinding_page_cannot_use_the_loopback_trusted_routes() {
         assert_eq!(status_of(&answer), 200, "{host}: {answer}");
     }
     assert!(metric(&hub, "wshub_requests_refused_total", Some(("reason", "host"))).await >= 5.0);
+    // Through a proxy on this machine every client arrives from loopback: that proves nothing.
+    let proxied = raw_http(
+        hub.addr,
+        "GET /events HTTP/1.1\r\nHost: hub.example.com\r\nX-Forwarded-For: 203.0.113.9\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&proxied), 403, "{proxied}");
+    assert!(proxied.contains("--api-key"), "{proxied}");
     hub.stop().await;
 }
 

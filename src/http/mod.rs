@@ -132,6 +132,13 @@ async fn require_local_host(
 /// A request trusted because it comes from loopback must also name a loopback or configured host
 /// (not a DNS-rebinding page's name) and come from no page, the hub's own, or an allowed origin.
 fn check_local_host(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    if origin::forwarded(headers) {
+        app.metrics.requests_refused.with_label_values(&["forwarded"]).inc();
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "this request came through a proxy, so loopback proves nothing: start wshub with --api-key",
+        ));
+    }
     if !origin::host_allowed(&app.config, headers) {
         app.metrics.requests_refused.with_label_values(&["host"]).inc();
         return Err(ApiError::new(

@@ -64,6 +64,13 @@ pub fn host_allowed(config: &Config, headers: &HeaderMap) -> bool {
         || config.public_hosts.iter().any(|p| host_name(p).eq_ignore_ascii_case(name))
 }
 
+/// True when a proxy says it forwarded the request (`Forwarded`, `X-Forwarded-For`,
+/// `X-Real-IP`): behind a proxy on the same machine every client arrives from loopback, so such a
+/// request is never trusted for coming from loopback.
+pub fn forwarded(headers: &HeaderMap) -> bool {
+    ["forwarded", "x-forwarded-for", "x-real-ip"].iter().any(|name| headers.contains_key(*name))
+}
+
 /// The name part of a `Host` value (`[::1]:8080` → `[::1]`, `example.com:80` → `example.com`).
 fn host_name(host: &str) -> &str {
     match host.rfind(':') {
