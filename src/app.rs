@@ -10,6 +10,8 @@ use crate::auth::Verifier;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::hub::HubHandle;
+use crate::idempotency::Fingerprints;
+use crate::limits::RateLimiter;
 use crate::metrics::Metrics;
 use crate::stats::Sampler;
 use crate::webhook::Webhooks;
@@ -39,4 +41,8 @@ pub struct AppState {
     pub webhooks: Webhooks,
     /// Users online, for `GET /presence/users`.
     pub presence: PresenceHandle,
+    /// `--notify-rate` per address.
+    pub notify_rate: RateLimiter,
+    /// Which body each `Idempotency-Key` was first used with.
+    pub idempotency: Fingerprints,
 }

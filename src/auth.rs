@@ -252,16 +252,27 @@ pub enum ApiKeyError {
     NotLoopback,
 }
 
-/// Decides whether a WebSocket upgrade that presented `?api_key=` is an operator connection: the
-/// same rule as publishers (the configured key, compared in constant time; without a configured
-/// key, any value from loopback). Connections that do not ask are never operators.
-pub fn check_operator(configured: Option<&str>, presented: &str, peer: SocketAddr) -> Result<(), AuthError> {
-    check_api_key(configured, Some(presented), peer).map_err(|err| match err {
-        ApiKeyError::Unauthorized => AuthError::Invalid("wrong api_key".into()),
-        ApiKeyError::NotLoopback => AuthError::Invalid(
-            "no API key is configured, so operator connections (?api_key=) are accepted only from loopback".into(),
-        ),
-    })
+/// Decides whether a connection that presented an API key (`?api_key=` or an `auth` frame with
+/// `api_key`) is an operator connection: only with the configured key (compared in constant time)
+/// and only from a trusted origin (see `http::origin`). Without a configured key there are no
+/// operator connections: loopback alone proves nothing, since any web page on this machine can
+/// open a WebSocket to it.
+pub fn check_operator(configured: Option<&str>, presented: &str, trusted_origin: bool) -> Result<(), AuthError> {
+    let Some(key) = configured else {
+        return Err(AuthError::Invalid(
+            "operator connections need the hub's API key, and this hub has none: start it with --api-key".into(),
+        ));
+    };
+    if !trusted_origin {
+        return Err(AuthError::Invalid(
+            "operator connections are accepted only from the hub's own pages or --allowed-origins".into(),
+        ));
+    }
+    if constant_time_eq(key.as_bytes(), presented.as_bytes()) {
+        Ok(())
+    } else {
+        Err(AuthError::Invalid("wrong api_key".into()))
+    }
 }
 
 /// Applies the publisher rule: the configured key (compared in constant time), else loopback only.
@@ -365,18 +376,17 @@ mod tests {
     }
 
     #[test]
-    fn operator_rule_is_the_api_key_rule() {
-        let lo: SocketAddr = "127.0.0.1:1".parse().expect("addr");
-        let remote: SocketAddr = "192.0.2.1:1".parse().expect("addr");
-        assert!(check_operator(Some("k"), "k", remote).is_ok());
-        assert!(check_operator(Some("k"), "k", lo).is_ok());
-        assert!(matches!(check_operator(Some("k"), "x", lo), Err(AuthError::Invalid(_))));
-        assert!(matches!(check_operator(Some("k"), "", lo), Err(AuthError::Invalid(_))));
-        assert!(matches!(check_operator(Some("k"), "kk", remote), Err(AuthError::Invalid(_))));
-        assert!(check_operator(None, "", lo).is_ok());
-        assert!(check_operator(None, "anything", "[::1]:1".parse().expect("addr")).is_ok());
-        let err = check_operator(None, "", remote).expect_err("remote without a configured key");
-        assert!(err.to_string().contains("loopback"), "{err}");
+    fn operators_need_the_configured_key_and_a_trusted_origin() {
+        assert!(check_operator(Some("k"), "k", true).is_ok());
+        assert!(matches!(check_operator(Some("k"), "x", true), Err(AuthError::Invalid(_))));
+        assert!(matches!(check_operator(Some("k"), "", true), Err(AuthError::Invalid(_))));
+        assert!(matches!(check_operator(Some("k"), "kk", true), Err(AuthError::Invalid(_))));
+        let foreign = check_operator(Some("k"), "k", false).expect_err("right key from a foreign page");
+        assert!(foreign.to_string().contains("--allowed-origins"), "{foreign}");
+        for presented in ["", "anything"] {
+            let err = check_operator(None, presented, true).expect_err("no configured key, no operators");
+            assert!(err.to_string().contains("--api-key"), "{err}");
+        }
     }
 
     fn hs256(claims: serde_json::Value) -> String {

@@ -47,9 +47,42 @@ pub struct Config {
     #[arg(long, env = "WSHUB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// Allowed CORS origins, comma-separated; empty means any origin (the Go hub's behaviour).
-    #[arg(long, env = "WSHUB_CORS_ORIGINS", value_delimiter = ',')]
-    pub cors_origins: Vec<String>,
+    /// Origins allowed to use the hub from a browser, comma-separated (`https://app.example.com`):
+    /// one rule for CORS and for the `Origin` of WebSocket upgrades. Empty means any origin for
+    /// ordinary clients (the Go hub's behaviour); operator connections and loopback-trusted routes
+    /// accept only these origins (or none, or the hub's own page).
+    #[arg(long, visible_alias = "cors-origins", env = "WSHUB_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Host names (with `:port` if not 80/443) under which the hub is reached, comma-separated.
+    /// Routes trusted from loopback (no `--api-key`) answer only requests whose `Host` is a
+    /// loopback name or one of these (DNS-rebinding protection).
+    #[arg(long, env = "WSHUB_PUBLIC_HOSTS", value_delimiter = ',')]
+    pub public_hosts: Vec<String>,
+
+    /// Time a client has to send a complete HTTP request head, counted from the connection's
+    /// start or, on a kept-alive connection, from the end of the previous response (so it also
+    /// bounds idle connections that were not upgraded).
+    #[arg(long, env = "WSHUB_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Most open TCP connections (WebSockets included); more are answered 503 and closed.
+    #[arg(long, env = "WSHUB_MAX_CONNECTIONS", default_value_t = 50_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Most open TCP connections from one IP address; 0 means no limit. 127.0.0.1 and ::1 (a
+    /// reverse proxy or backend on the same machine) are not limited.
+    #[arg(long, env = "WSHUB_MAX_CONNECTIONS_PER_IP", default_value_t = 1000)]
+    pub max_connections_per_ip: u32,
+
+    /// `/notify` requests per second allowed from one IP address (bursts up to one second's
+    /// worth); 0 means no limit. 127.0.0.1 and ::1 are not limited.
+    #[arg(long, env = "WSHUB_NOTIFY_RATE", default_value_t = 1000)]
+    pub notify_rate: u32,
+
+    /// Longest accepted `Idempotency-Key`, in bytes.
+    #[arg(long, env = "WSHUB_MAX_IDEMPOTENCY_KEY_BYTES", default_value_t = 255, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_idempotency_key_bytes: u32,
 
     /// HS256 secret for client JWTs.
     #[arg(long, env = "WSHUB_JWT_SECRET", hide_env_values = true)]
@@ -195,7 +228,15 @@ pub enum ConfigError {
 impl Config {
     /// Parses the command line and environment, loads `--config`, and checks the result.
     pub fn load() -> Result<Self, ConfigError> {
-        Self::parse().finish()
+        let mut config = Self::parse();
+        // The variable's old name, from before CORS and WebSocket origins became one rule.
+        if config.allowed_origins.is_empty()
+            && let Ok(old) = std::env::var("WSHUB_CORS_ORIGINS")
+        {
+            config.allowed_origins =
+                old.split(',').map(str::trim).filter(|o| !o.is_empty()).map(String::from).collect();
+        }
+        config.finish()
     }
 
     /// Configuration for tests and embedding: defaults with the address set to `127.0.0.1:0`.

@@ -19,7 +19,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 use tracing::Instrument;
 
 use crate::app::AppState;
-use crate::auth::{AuthError, EXP_LEEWAY_S, Identity, may_subscribe};
+use crate::auth::{AuthError, EXP_LEEWAY_S, Identity, check_operator, may_subscribe};
 use crate::engine::{NewEvent, Published};
 use crate::hub::{Command, ConnId, NewConn, Outbound, Resume};
 use crate::metrics::Metrics;
@@ -173,19 +173,19 @@ pub enum Handshake {
 }
 
 /// Serves one upgraded socket until it closes. The socket is split (moved to the heap) before
-/// the connection's future is built, so idle connections do not carry it twice.
+/// the connection's future is built, so idle connections do not carry it twice. `trusted_origin`
+/// says whether the upgrade came from an origin that may become an operator connection.
 pub fn serve(
     socket: WebSocket,
     app: Arc<AppState>,
     handshake: Handshake,
-    remote: SocketAddr,
-    resume: Option<Resume>,
+    (remote, resume, trusted_origin): (SocketAddr, Option<Resume>, bool),
 ) -> impl Future<Output = ()> {
     let (sink, stream) = socket.split();
     let id = app.hub.next_id();
     let span =
         tracing::info_span!("conn", client = %app.hub.client_id(id), peer = %remote, user = tracing::field::Empty);
-    serve_inner(sink, stream, app, handshake, (remote, resume, id)).instrument(span)
+    serve_inner(sink, stream, app, handshake, (remote, resume, id, trusted_origin)).instrument(span)
 }
 
 async fn serve_inner(
@@ -193,13 +193,13 @@ async fn serve_inner(
     mut stream: SplitStream<WebSocket>,
     app: Arc<AppState>,
     handshake: Handshake,
-    (remote, resume, id): (SocketAddr, Option<Resume>, ConnId),
+    (remote, resume, id, trusted_origin): (SocketAddr, Option<Resume>, ConnId, bool),
 ) {
     let started = Instant::now();
     let identity = match handshake {
         Handshake::Identified(identity) => identity.unwrap_or_default(),
         Handshake::Refused(err) => return Box::pin(refuse(&app, &mut sink, &err)).await,
-        Handshake::AwaitAuth => match Box::pin(await_auth(&app, &mut stream)).await {
+        Handshake::AwaitAuth => match Box::pin(await_auth(&app, &mut stream, trusted_origin)).await {
             Ok(identity) => identity,
             Err(err) => return Box::pin(refuse(&app, &mut sink, &err)).await,
         },
@@ -232,6 +232,7 @@ async fn serve_inner(
         shared: Arc::clone(&shared),
         acked: VecDeque::new(),
         budget: (FRAME_BURST, Instant::now()),
+        trusted_origin,
     };
     reader.run(&mut stream).await;
     shared.stop();
@@ -263,7 +264,12 @@ async fn refuse(app: &AppState, sink: &mut SplitSink<WebSocket, Message>, err: &
 }
 
 /// Waits for the first frame to be a valid `auth` within the configured time.
-async fn await_auth(app: &AppState, stream: &mut SplitStream<WebSocket>) -> Result<Identity, AuthError> {
+/// An `auth` frame with `api_key` makes an operator connection instead.
+async fn await_auth(
+    app: &AppState,
+    stream: &mut SplitStream<WebSocket>,
+    trusted_origin: bool,
+) -> Result<Identity, AuthError> {
     let missing = || {
         AuthError::Invalid(
             "a token is required: pass ?token=, Authorization: Bearer, or send {\"type\":\"auth\",\"token\":...} first"
@@ -275,7 +281,13 @@ async fn await_auth(app: &AppState, stream: &mut SplitStream<WebSocket>) -> Resu
         return Err(missing());
     };
     match serde_json::from_str::<ClientMessage>(&text) {
-        Ok(ClientMessage::Auth { token }) => app.verifier.as_ref().ok_or(AuthError::NotConfigured)?.verify(&token),
+        Ok(ClientMessage::Auth { api_key: Some(key), .. }) => {
+            check_operator(app.config.api_key.as_deref(), &key, trusted_origin)?;
+            Ok(Identity { operator: true, ..Identity::default() })
+        }
+        Ok(ClientMessage::Auth { token: Some(token), .. }) => {
+            app.verifier.as_ref().ok_or(AuthError::NotConfigured)?.verify(&token)
+        }
         _ => Err(missing()),
     }
 }
@@ -461,6 +473,8 @@ struct Reader {
     acked: VecDeque<String>,
     /// Token bucket for client frames: (tokens, last refill).
     budget: (f64, Instant),
+    /// The upgrade came from an origin allowed to make operator connections.
+    trusted_origin: bool,
 }
 
 impl Reader {
@@ -492,8 +506,12 @@ impl Reader {
                 Some(Ok(message)) => message,
             };
             self.shared.touch();
-            if matches!(message, Message::Text(_)) && !self.allow_frame() {
-                self.send(error_frame("rate_limited", "too many frames; slow down", None));
+            // Every frame counts, pings and pongs included: a flood of any kind costs the hub.
+            if !matches!(message, Message::Close(_)) && !self.allow_frame() {
+                self.app.metrics.frames_rate_limited.inc();
+                if matches!(message, Message::Text(_)) {
+                    self.send(error_frame("rate_limited", "too many frames; slow down", None));
+                }
                 continue;
             }
             match message {
@@ -530,6 +548,7 @@ impl Reader {
             Ok(ws) => match *ws {
                 WsError::Capacity(_) => Some(CloseReason::TooBig),
                 WsError::Utf8(_) => Some(CloseReason::InvalidUtf8),
+                WsError::Protocol(_) => Some(CloseReason::ProtocolError),
                 _ => None,
             },
             Err(_) => None,
@@ -568,7 +587,11 @@ impl Reader {
                 }
                 Err(err) => self.send(error_frame("bad_channel", &err.to_string(), Some(&channel))),
             },
-            ClientMessage::Auth { token } => self.reauthenticate(&token).await,
+            ClientMessage::Auth { api_key: Some(key), .. } => self.become_operator(&key).await,
+            ClientMessage::Auth { token: Some(token), .. } => self.reauthenticate(&token).await,
+            ClientMessage::Auth { token: None, api_key: None } => {
+                self.send(error_frame("bad_message", "auth needs `token` or `api_key`", None))
+            }
             ClientMessage::Publish { channel, event, message, data } => {
                 self.publish(channel, event, message, data).await
             }
@@ -604,6 +627,19 @@ impl Reader {
         if !fresh.is_empty() {
             self.app.engine.ack(fresh, self.identity.user.clone()).await;
         }
+    }
+
+    /// First-frame operator auth (`{"type":"auth","api_key":...}`), so the key stays out of URLs
+    /// and access logs. Answered with `hub:authenticated`, or `hub:error unauthorized`.
+    async fn become_operator(&mut self, key: &str) {
+        if let Err(err) = check_operator(self.app.config.api_key.as_deref(), key, self.trusted_origin) {
+            self.app.metrics.auth_failures.with_label_values(&["invalid"]).inc();
+            return self.send(error_frame("unauthorized", &err.to_string(), None));
+        }
+        // The hub answers `hub:authenticated`, as for a refreshed token.
+        let identity = Identity { operator: true, ..Identity::clone(&self.identity) }.shared();
+        self.identity = Arc::clone(&identity);
+        self.app.hub.send(Command::Identify { id: self.id, identity }).await;
     }
 
     async fn reauthenticate(&mut self, token: &str) {
@@ -691,11 +727,12 @@ impl Reader {
 }
 
 /// When the connection's token stops being valid (exp plus leeway), as a tokio instant.
+/// An `exp` too far ahead to add to the clock (such as 1e19) means no expiry timer at all.
 fn expiry_deadline(identity: &Identity) -> Option<Instant> {
     let exp = identity.exp?;
     let now = unix_ms() / 1000;
-    let left = (exp + EXP_LEEWAY_S).saturating_sub(now);
-    Some(Instant::now() + Duration::from_secs(left))
+    let left = exp.saturating_add(EXP_LEEWAY_S).saturating_sub(now);
+    Instant::now().checked_add(Duration::from_secs(left))
 }
 
 #[cfg(test)]

@@ -1,5 +1,9 @@
 //! Idempotent publish: the first publish with a key runs, repeats within the window wait for and
 //! return its result. Concurrent repeats are safe: they share one `OnceCell`.
+//!
+//! Before that, at the HTTP edge: a key must be visible ASCII and at most
+//! `--max-idempotency-key-bytes` long, and [`Fingerprints`] remembers which body each key came
+//! with, so reusing a key for a different body is a conflict (422) instead of a silent drop.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -64,6 +68,84 @@ impl IdempotencyCache {
     }
 }
 
+/// Why an `Idempotency-Key` cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// Longer than `--max-idempotency-key-bytes`.
+    #[error("Idempotency-Key is {len} bytes; at most {max} (--max-idempotency-key-bytes)")]
+    TooLong {
+        /// The key's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Empty, or holding a byte outside visible ASCII (`!` to `~`).
+    #[error("Idempotency-Key must be 1 or more visible ASCII characters (no spaces, no control or non-ASCII bytes)")]
+    NotVisibleAscii,
+    /// The key was used within the window with a different body.
+    #[error("Idempotency-Key was already used with a different body; use a new key for a new notification")]
+    Conflict,
+}
+
+/// Checks that a key is non-empty visible ASCII within `max` bytes.
+pub fn validate_key(key: &[u8], max: usize) -> Result<(), KeyError> {
+    if key.len() > max {
+        return Err(KeyError::TooLong { len: key.len(), max });
+    }
+    if key.is_empty() || !key.iter().all(|b| b.is_ascii_graphic()) {
+        return Err(KeyError::NotVisibleAscii);
+    }
+    Ok(())
+}
+
+/// Remembers, per key and for the idempotency window, a hash of the body the key first came
+/// with. Held by this node: in cluster mode two nodes only compare results, not bodies.
+pub struct Fingerprints {
+    ttl: Duration,
+    entries: Mutex<HashMap<String, (Instant, u64)>>,
+}
+
+impl Fingerprints {
+    /// Fingerprints kept for `ttl` (the `--idempotency-ttl`).
+    pub fn new(ttl: Duration) -> Self {
+        Self { ttl, entries: Mutex::new(HashMap::new()) }
+    }
+
+    /// Records `body` for `key`, or fails when the key is remembered with another body.
+    /// Returns the fingerprint, to [`Fingerprints::forget`] it if the publish fails.
+    pub fn claim(&self, key: &str, body: &[u8]) -> Result<u64, KeyError> {
+        let fingerprint = fingerprint(body);
+        let now = Instant::now();
+        let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if entries.len() >= 1024 && entries.len().is_power_of_two() {
+            entries.retain(|_, (expires, _)| *expires > now);
+        }
+        match entries.get(key) {
+            Some((expires, known)) if *expires > now && *known != fingerprint => Err(KeyError::Conflict),
+            Some((expires, _)) if *expires > now => Ok(fingerprint),
+            _ => {
+                entries.insert(key.to_string(), (now + self.ttl, fingerprint));
+                Ok(fingerprint)
+            }
+        }
+    }
+
+    /// Forgets `key` if it still has `fingerprint` (its publish failed, so a retry may differ).
+    pub fn forget(&self, key: &str, fingerprint: u64) {
+        let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if entries.get(key).is_some_and(|(_, known)| *known == fingerprint) {
+            entries.remove(key);
+        }
+    }
+}
+
+fn fingerprint(body: &[u8]) -> u64 {
+    use std::hash::{DefaultHasher, Hasher};
+    let mut hasher = DefaultHasher::new();
+    hasher.write(body);
+    hasher.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +187,28 @@ mod tests {
         assert!(first.is_err());
         let second = cache.run(Some("k".into()), || async { Ok(published(2)) }).await;
         assert_eq!(second.expect("ok")[0].seq, 2);
+    }
+
+    #[test]
+    fn keys_are_visible_ascii_within_the_limit() {
+        assert!(validate_key(b"order-42_retry.1", 255).is_ok());
+        assert_eq!(validate_key("caf\u{e9}".as_bytes(), 255), Err(KeyError::NotVisibleAscii));
+        assert_eq!(validate_key(b"a b", 255), Err(KeyError::NotVisibleAscii));
+        assert_eq!(validate_key(b"", 255), Err(KeyError::NotVisibleAscii));
+        assert_eq!(validate_key(&[b'k'; 256], 255), Err(KeyError::TooLong { len: 256, max: 255 }));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_with_another_body_conflicts_until_the_window_ends() {
+        let known = Fingerprints::new(Duration::from_secs(60));
+        let first = known.claim("k", b"{\"type\":\"a\"}").expect("new key");
+        assert_eq!(known.claim("k", b"{\"type\":\"a\"}"), Ok(first), "same body is a retry");
+        assert_eq!(known.claim("k", b"{\"type\":\"b\"}"), Err(KeyError::Conflict));
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(known.claim("k", b"{\"type\":\"b\"}").is_ok(), "expired keys are free again");
+        let second = known.claim("j", b"x").expect("new key");
+        known.forget("j", second);
+        assert!(known.claim("j", b"y").is_ok(), "a forgotten key takes a new body");
     }
 
     #[tokio::test(start_paused = true)]

@@ -11,12 +11,15 @@
 //! - [`engine`]: where positions, history and delivery live (`memory`; Redis for clusters).
 //! - [`history`]: per-stream in-memory history.
 //! - [`idempotency`]: once-only publish by key.
+//! - [`limits`]: connection limits and the `/notify` rate per address.
 //! - [`store`]: durable history on disk for `--data-dir`.
 //! - [`queue`]: a connection's bounded send queue.
 //! - [`metrics`]: Prometheus counters.
 //! - [`stats`]: per-second samples for `/stats` and the live dashboard.
 //! - [`webhook`]: signed webhooks to the backend, debounced presence, `/presence/users`.
 //! - [`http`]: the router and handlers.
+//! - [`http`]: the router and handlers; `http::serve` is the accept loop (header-read timeout,
+//!   connection limits, lingering close) and `http::origin` the Origin and Host checks.
 //! - [`app`]: state shared by handlers and connections.
 
 pub mod app;
@@ -28,6 +31,7 @@ pub mod history;
 pub mod http;
 pub mod hub;
 pub mod idempotency;
+pub mod limits;
 pub mod metrics;
 pub mod namespace;
 pub mod protocol;
@@ -36,11 +40,9 @@ pub mod stats;
 pub mod store;
 pub mod webhook;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -97,6 +99,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
         .with_observer(hooks.observer);
     let hub_task = tokio::spawn(actor.run(inbox));
     let shutdown_timeout = config.shutdown_timeout;
+    let (config_notify_rate, idempotency_ttl) = (config.notify_rate, config.idempotency_ttl);
     let app = Arc::new(AppState {
         config,
         hub: hub.clone(),
@@ -109,19 +112,18 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
         sampler: stats::Sampler::default(),
         webhooks: hooks.webhooks,
         presence: hooks.presence,
+        notify_rate: limits::RateLimiter::new(config_notify_rate),
+        idempotency: idempotency::Fingerprints::new(idempotency_ttl),
     });
     tokio::spawn(stats::run(Arc::clone(&app)));
     let router = http::router(Arc::clone(&app));
-    let service = router.into_make_service_with_connect_info::<SocketAddr>();
     let server_stop = CancellationToken::new();
-    // Events are small frames that must leave at once: no Nagle delay.
-    let listener = listener.tap_io(|stream| {
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let serve = axum::serve(listener, service).with_graceful_shutdown(server_stop.clone().cancelled_owned());
-    let server = tokio::spawn(async move { serve.await });
+    let options = http::serve::ServeOptions {
+        header_read_timeout: app.config.header_read_timeout,
+        limits: limits::ConnLimits::new(app.config.max_connections as usize, app.config.max_connections_per_ip),
+        metrics: Arc::clone(&app.metrics),
+    };
+    let server = tokio::spawn(http::serve::serve(listener, router, options, server_stop.clone()));
     shutdown.cancelled().await;
     tracing::info!("shutting down: closing connections with 1001");
     hub.send(Command::Shutdown).await;
@@ -132,7 +134,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
     }
     server_stop.cancel();
     match tokio::time::timeout(shutdown_timeout, server).await {
-        Ok(Ok(result)) => result?,
+        Ok(Ok(())) => {}
         Ok(Err(join)) => tracing::error!(error = %join, "server task failed"),
         Err(_) => tracing::warn!("HTTP server did not stop within {shutdown_timeout:?}"),
     }

@@ -29,8 +29,8 @@ async fn run() -> anyhow::Result<()> {
     let _log_flush = init_tracing(config.log_format);
     let listener = TcpListener::bind(config.addr).await.with_context(|| format!("cannot listen on {}", config.addr))?;
     let addr = listener.local_addr()?;
-    if config.cors_origins.is_empty() && !addr.ip().is_loopback() {
-        tracing::warn!("listening on {addr} with CORS open to any origin; restrict it with --cors-origins");
+    if config.allowed_origins.is_empty() && !addr.ip().is_loopback() {
+        tracing::warn!("listening on {addr} with CORS open to any origin; restrict it with --allowed-origins");
     }
     if config.api_key.is_none() && !addr.ip().is_loopback() {
         tracing::warn!("no --api-key: /notify and admin endpoints accept only loopback clients");

@@ -1,6 +1,7 @@
 //! Process-wide counters and gauges, exported in Prometheus text format by the `prometheus`
 //! crate. Hot paths touch them once per event or connection, never once per delivery.
 
+use crate::namespace::Namespaces;
 use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 /// The hub's metrics.
@@ -44,6 +45,12 @@ pub struct Metrics {
     pub store_commit_seconds: Histogram,
     /// Publishes waiting for their durable commit.
     pub store_waiting: IntGauge,
+    /// TCP connections and upgrades refused by an abuse limit, by reason.
+    pub connections_refused: IntCounterVec,
+    /// HTTP requests refused for their `Origin` or `Host`, by reason.
+    pub requests_refused: IntCounterVec,
+    /// Client frames refused for exceeding the per-connection frame rate.
+    pub frames_rate_limited: IntCounter,
 }
 
 impl Metrics {
@@ -89,6 +96,21 @@ impl Metrics {
                 .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
         )?;
         let store_waiting = IntGauge::new("wshub_store_waiting", "Publishes waiting for their durable commit")?;
+        let connections_refused = IntCounterVec::new(
+            Opts::new("wshub_connections_refused_total", "Connections refused or closed by an abuse limit, by reason"),
+            &["reason"],
+        )?;
+        let requests_refused = IntCounterVec::new(
+            Opts::new("wshub_requests_refused_total", "HTTP requests refused for their Origin or Host, by reason"),
+            &["reason"],
+        )?;
+        let frames_rate_limited = IntCounter::new(
+            "wshub_frames_rate_limited_total",
+            "Client frames refused by the per-connection frame rate",
+        )?;
+        registry.register(Box::new(connections_refused.clone()))?;
+        registry.register(Box::new(requests_refused.clone()))?;
+        registry.register(Box::new(frames_rate_limited.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(connections_total.clone()))?;
         registry.register(Box::new(events_by_namespace.clone()))?;
@@ -124,6 +146,9 @@ impl Metrics {
             store_commits,
             store_commit_seconds,
             store_waiting,
+            connections_refused,
+            requests_refused,
+            frames_rate_limited,
         })
     }
 
@@ -137,7 +162,32 @@ impl Metrics {
     }
 }
 
-/// The namespace label of a stream: `broadcast`, `user`, `role`, or the text before the first `:`.
-pub fn namespace_of(stream: &str) -> &str {
-    stream.split_once(':').map_or(stream, |(ns, _)| ns)
+/// The namespace label of a stream: `user`, `role`, the prefix of its `--config` namespace
+/// (without a trailing `:`), or `other`. Bounded by the configuration, never by what publishers
+/// send: a label per channel name would grow without limit.
+pub fn namespace_label<'a>(stream: &str, namespaces: &'a Namespaces) -> &'a str {
+    if stream.starts_with("user:") {
+        return "user";
+    }
+    if stream.starts_with("role:") {
+        return "role";
+    }
+    namespaces.find(stream).map_or("other", |ns| ns.prefix.strip_suffix(':').unwrap_or(&ns.prefix))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_come_from_the_configuration_only() {
+        let ns =
+            Namespaces::parse("[[namespace]]\nprefix = \"chat:\"\n[[namespace]]\nprefix = \"team-\"\n").expect("valid");
+        assert_eq!(namespace_label("chat:42", &ns), "chat");
+        assert_eq!(namespace_label("team-7", &ns), "team-");
+        assert_eq!(namespace_label("user:9", &ns), "user");
+        assert_eq!(namespace_label("role:admin", &ns), "role");
+        assert_eq!(namespace_label("news", &ns), "other");
+        assert_eq!(namespace_label("fresh:name-1", &ns), "other");
+    }
 }

@@ -55,10 +55,15 @@ pub enum ClientMessage {
         /// Channel name.
         channel: String,
     },
-    /// Authenticate (first frame) or refresh the token of a live connection.
+    /// Authenticate (first frame) or refresh the token of a live connection; or, with `api_key`,
+    /// become an operator connection without putting the key in the URL.
     Auth {
         /// The JWT.
-        token: String,
+        #[serde(default)]
+        token: Option<String>,
+        /// The hub's API key (operator connections).
+        #[serde(default)]
+        api_key: Option<String>,
     },
     /// Publish to a channel whose namespace allows client publishing.
     Publish {
@@ -89,6 +94,8 @@ pub enum CloseReason {
     GoingAway,
     /// A text frame was not valid UTF-8.
     InvalidUtf8,
+    /// A frame that breaks the WebSocket protocol (unmasked, bad opcode, reserved bits...).
+    ProtocolError,
     /// A binary frame.
     Policy,
     /// A frame over the size limit.
@@ -110,6 +117,7 @@ impl CloseReason {
     pub fn code(self) -> u16 {
         match self {
             Self::GoingAway => 1001,
+            Self::ProtocolError => 1002,
             Self::InvalidUtf8 => 1007,
             Self::Policy => 1008,
             Self::TooBig => 1009,
@@ -125,6 +133,7 @@ impl CloseReason {
     pub fn text(self) -> &'static str {
         match self {
             Self::GoingAway => "server shutting down",
+            Self::ProtocolError => "WebSocket protocol error",
             Self::InvalidUtf8 => "invalid UTF-8 in text frame",
             Self::Policy => "binary frames are not accepted",
             Self::TooBig => "frame too large",
@@ -142,8 +151,9 @@ impl CloseReason {
     }
 }
 
-const ALL_REASONS: [CloseReason; 9] = [
+const ALL_REASONS: [CloseReason; 10] = [
     CloseReason::GoingAway,
+    CloseReason::ProtocolError,
     CloseReason::InvalidUtf8,
     CloseReason::Policy,
     CloseReason::TooBig,

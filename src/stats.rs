@@ -159,8 +159,13 @@ pub async fn run(app: Arc<AppState>) {
             _ = tick.tick() => {}
         }
         let sample = sampler.record(&app.metrics);
-        if let Err(e) = push(&app, sample).await {
-            tracing::debug!(error = %e, "dashboard stats not pushed");
+        // In a task of its own, so that a bug in building one frame is logged and the next
+        // second is sampled anyway, instead of freezing every dashboard.
+        let pushing = Arc::clone(&app);
+        match tokio::spawn(async move { push(&pushing, sample).await }).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "dashboard stats not pushed"),
+            Err(e) => tracing::error!(error = %e, "building the dashboard stats failed; sampling goes on"),
         }
     }
 }
@@ -172,10 +177,22 @@ async fn push(app: &AppState, sample: Sample) -> Result<(), EngineError> {
     if users.is_empty() && anonymous == 0 {
         return Ok(());
     }
-    let mut frame = snapshot(app).await?;
-    frame["type"] = "hub:stats".into();
-    frame["sample"] = json!(sample);
-    frame["recent_events"] = Value::Array(recent_events(app, PUSHED_EVENTS).await?);
+    /// The pushed frame: the snapshot's fields, then the sample and the recent events.
+    #[derive(Serialize)]
+    struct StatsFrame {
+        #[serde(flatten)]
+        snapshot: Value,
+        #[serde(rename = "type")]
+        kind: &'static str,
+        sample: Sample,
+        recent_events: Vec<EventRow>,
+    }
+    let frame = StatsFrame {
+        snapshot: snapshot(app).await?,
+        kind: "hub:stats",
+        sample,
+        recent_events: recent_events(app, PUSHED_EVENTS).await?,
+    };
     let frame = to_frame(&frame);
     app.hub.send(Command::Control { stream: DASHBOARD_STREAM.to_string(), frame }).await;
     Ok(())
@@ -183,25 +200,54 @@ async fn push(app: &AppState, sample: Sample) -> Result<(), EngineError> {
 
 /// The most recent events across streams, newest first, each with its receipt counts
 /// (`recipients`: connections it was written to; `acked`).
-pub async fn recent_events(app: &AppState, limit: usize) -> Result<Vec<Value>, EngineError> {
+pub async fn recent_events(app: &AppState, limit: usize) -> Result<Vec<EventRow>, EngineError> {
     let events = app.engine.recent(limit).await?;
     let mut rows = Vec::with_capacity(events.len());
     for event in events {
         let receipt = app.engine.receipt(Arc::clone(&event)).await;
-        let mut row = event_json(&event);
-        row["recipients"] = receipt["written"].clone();
-        row["acked"] = receipt["acked"].clone();
-        rows.push(row);
+        let counts = (receipt["written"].clone(), receipt["acked"].clone());
+        rows.push(EventRow { event, receipt: Some(counts) });
     }
     Ok(rows)
 }
 
-/// An event as the admin endpoints show it.
-pub fn event_json(e: &Event) -> Value {
-    json!({
-        "id": e.id, "seq": e.seq, "type": e.kind, "message": e.message, "data": e.data,
-        "timestamp": e.timestamp, "targets": e.targets, "from": e.from,
-    })
+/// An event as the admin endpoints show it, with its receipt counts where they were asked for.
+/// Serialized straight from the event: its `data` is written as the publisher sent it and never
+/// parsed again (a `serde_json::Value` cannot hold every valid JSON text, such as `1e400` or
+/// nesting deeper than 128 levels, and converting one would fail).
+pub struct EventRow {
+    /// The event.
+    pub event: Arc<Event>,
+    /// `recipients` and `acked`, when included.
+    pub receipt: Option<(Value, Value)>,
+}
+
+impl EventRow {
+    /// A row without receipt counts.
+    pub fn new(event: &Arc<Event>) -> Self {
+        Self { event: Arc::clone(event), receipt: None }
+    }
+}
+
+impl Serialize for EventRow {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let e = &self.event;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("id", &e.id)?;
+        map.serialize_entry("seq", &e.seq)?;
+        map.serialize_entry("type", &e.kind)?;
+        map.serialize_entry("message", &e.message)?;
+        map.serialize_entry("data", &e.data)?;
+        map.serialize_entry("timestamp", &e.timestamp)?;
+        map.serialize_entry("targets", &e.targets)?;
+        map.serialize_entry("from", &e.from)?;
+        if let Some((recipients, acked)) = &self.receipt {
+            map.serialize_entry("recipients", recipients)?;
+            map.serialize_entry("acked", acked)?;
+        }
+        map.end()
+    }
 }
 
 /// The body of `GET /stats` (without the sample series): counts from the hub actor, counters
@@ -318,6 +364,32 @@ pub fn rss_bytes() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Data that a `serde_json::Value` cannot hold (events stored by an older version, or
+    /// arriving from another node) is shown as stored instead of panicking the reader.
+    #[test]
+    fn event_rows_show_any_valid_json_data_as_stored() {
+        let deep = format!("{}1{}", "[".repeat(300), "]".repeat(300));
+        for data in ["1e400", "-1e999", deep.as_str(), r#"{"a":1.5e308}"#] {
+            let event = Arc::new(Event {
+                id: "e1".into(),
+                seq: 1,
+                kind: "t".into(),
+                message: String::new(),
+                data: serde_json::value::RawValue::from_string(data.to_string()).expect("valid JSON text"),
+                timestamp: String::new(),
+                targets: vec!["c".into()],
+                from: None,
+                exclude: None,
+                accepted_ms: 0,
+                receipt: Default::default(),
+            });
+            let row = EventRow { event, receipt: Some((json!(2), json!(1))) };
+            let text = serde_json::to_string(&row).expect("serializes");
+            assert!(text.contains(&format!(r#""data":{data},"#)), "{text}");
+            assert!(text.ends_with(r#""recipients":2,"acked":1}"#), "{text}");
+        }
+    }
 
     #[test]
     fn rates_come_from_counter_deltas() {

@@ -16,7 +16,7 @@ use super::ApiError;
 use crate::app::AppState;
 use crate::hub::Command;
 use crate::protocol::validate_channel;
-use crate::stats::{self, event_json};
+use crate::stats::{self, EventRow};
 
 pub(super) fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -32,8 +32,8 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
         .route("/admin/disconnect", post(disconnect))
 }
 
-/// Routes outside the API-key rule (they check their own conditions).
-pub(super) fn public_routes() -> Router<Arc<AppState>> {
+/// `POST /dev/token`: outside the API-key rule (it checks its own conditions) and without CORS.
+pub(super) fn dev_routes() -> Router<Arc<AppState>> {
     Router::new().route("/dev/token", post(dev_token))
 }
 
@@ -84,13 +84,19 @@ async fn history(
     State(app): State<Arc<AppState>>,
     Path(name): Path<String>,
     query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<impl IntoResponse, ApiError> {
     validate_channel(&name).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
     let limit = q.limit.unwrap_or(100).min(1000);
     let events = app.engine.history(name.clone(), q.since, limit).await?;
-    let rows: Vec<Value> = events.iter().map(|e| event_json(e)).collect();
-    Ok(Json(json!({ "channel": name, "epoch": app.engine.epoch(), "events": rows })))
+    #[derive(serde::Serialize)]
+    struct History {
+        channel: String,
+        epoch: String,
+        events: Vec<EventRow>,
+    }
+    let events = events.iter().map(EventRow::new).collect();
+    Ok(Json(History { channel: name, epoch: app.engine.epoch(), events }))
 }
 
 #[derive(Deserialize)]
@@ -120,17 +126,26 @@ struct LimitQuery {
 async fn recent_events(
     State(app): State<Arc<AppState>>,
     query: Result<Query<LimitQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<impl IntoResponse, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
-    let events = stats::recent_events(&app, q.limit.unwrap_or(50).min(1000)).await?;
-    Ok(Json(json!({ "events": events })))
+    #[derive(serde::Serialize)]
+    struct Recent {
+        events: Vec<EventRow>,
+    }
+    Ok(Json(Recent { events: stats::recent_events(&app, q.limit.unwrap_or(50).min(1000)).await? }))
 }
 
-async fn event_by_id(State(app): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn event_by_id(State(app): State<Arc<AppState>>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    #[derive(serde::Serialize)]
+    struct Found {
+        event: EventRow,
+        targets: Vec<String>,
+        receipts: Value,
+    }
     match app.engine.find(id.clone()).await? {
         Some(event) => {
             let receipts = app.engine.receipt(Arc::clone(&event)).await;
-            Ok(Json(json!({ "event": event_json(&event), "targets": event.targets, "receipts": receipts })))
+            Ok(Json(Found { targets: event.targets.clone(), event: EventRow::new(&event), receipts }))
         }
         None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no event {id:?} in the kept history"))),
     }

@@ -4,6 +4,8 @@
 mod admin;
 mod compat;
 mod notify;
+pub mod origin;
+pub mod serve;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -74,14 +76,17 @@ impl From<crate::engine::EngineError> for ApiError {
 
 /// Builds the router with every route and the CORS layer.
 pub fn router(app: Arc<AppState>) -> Router {
-    let cors = cors_layer(&app.config.cors_origins);
+    let cors = cors_layer(&app.config.allowed_origins);
     // Publishing and admin routes: the API-key rule runs before the body is read. Without a key
     // they trust loopback, so they get no CORS headers then: a web page open on the hub's machine
     // must not be able to publish or administer through the browser.
-    let protected = Router::new()
+    let publishing = Router::new()
         .merge(notify::routes(app.config.max_body_bytes as usize))
-        .merge(admin::routes())
         .merge(compat::routes(app.config.max_body_bytes as usize))
+        .route_layer(middleware::from_fn_with_state(Arc::clone(&app), notify::rate_limit));
+    let protected = Router::new()
+        .merge(publishing)
+        .merge(admin::routes())
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(Arc::clone(&app), require_api_key));
     let protected = if app.config.api_key.is_some() { protected.layer(cors.clone()) } else { protected };
@@ -93,10 +98,11 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/ws", get(ws))
         .route("/health", get(health))
         .route("/api/health", get(health))
-        .merge(admin::public_routes())
         .method_not_allowed_fallback(method_not_allowed)
         .layer(cors);
-    public.merge(protected).fallback(not_found).with_state(app)
+    // `/dev/token` trusts loopback: no CORS headers, and the Host and Origin checks.
+    let dev = admin::dev_routes().route_layer(middleware::from_fn_with_state(Arc::clone(&app), require_local_host));
+    public.merge(protected).merge(dev).fallback(not_found).with_state(app)
 }
 
 /// The publisher/admin rule as a layer, so it runs before any handler reads the body.
@@ -107,7 +113,47 @@ async fn require_api_key(
     next: middleware::Next,
 ) -> Result<Response, ApiError> {
     authorize(&app, request.headers(), peer)?;
+    if app.config.api_key.is_none() {
+        check_local_host(&app, request.headers())?;
+    }
     Ok(next.run(request).await)
+}
+
+/// For routes trusted from loopback: the layer form of [`check_local_host`].
+async fn require_local_host(
+    State(app): State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Result<Response, ApiError> {
+    check_local_host(&app, request.headers())?;
+    Ok(next.run(request).await)
+}
+
+/// A request trusted because it comes from loopback must also name a loopback or configured host
+/// (not a DNS-rebinding page's name) and come from no page, the hub's own, or an allowed origin.
+fn check_local_host(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    if origin::forwarded(headers) {
+        app.metrics.requests_refused.with_label_values(&["forwarded"]).inc();
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "this request came through a proxy, so loopback proves nothing: start wshub with --api-key",
+        ));
+    }
+    if !origin::host_allowed(&app.config, headers) {
+        app.metrics.requests_refused.with_label_values(&["host"]).inc();
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Host is not a loopback name or one of --public-hosts; requests trusted from loopback must name this machine",
+        ));
+    }
+    if !origin::trusted_origin(&app.config, headers) {
+        app.metrics.requests_refused.with_label_values(&["origin"]).inc();
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Origin is not allowed (--allowed-origins) for requests trusted from loopback",
+        ));
+    }
+    Ok(())
 }
 
 fn cors_layer(origins: &[String]) -> CorsLayer {
@@ -193,8 +239,13 @@ async fn ws(
     }
     let upgrade = upgrade.map_err(|e| ApiError::new(e.status(), format!("{e}: connect with a WebSocket client")))?;
     let Query(query) = query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
+    if !origin::origin_allowed(&app.config, &headers) {
+        app.metrics.connections_refused.with_label_values(&["origin"]).inc();
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "this Origin may not connect: add it to --allowed-origins"));
+    }
+    let trusted_origin = origin::trusted_origin(&app.config, &headers);
     let token = query.token.or_else(|| bearer(&headers).map(str::to_string));
-    let operator = query.api_key.map(|key| check_operator(app.config.api_key.as_deref(), &key, remote));
+    let operator = query.api_key.map(|key| check_operator(app.config.api_key.as_deref(), &key, trusted_origin));
     let handshake = match (token, &app.verifier, operator) {
         (_, _, Some(Err(err))) => Handshake::Refused(err),
         (Some(token), Some(verifier), operator) => match verifier.verify(&token) {
@@ -215,7 +266,7 @@ async fn ws(
         .max_frame_size(max)
         .on_upgrade(move |socket| {
             // A task of our own, so the upgrade task (and its state) ends right away.
-            tracker.spawn(connection::serve(socket, app, handshake, remote, resume));
+            tracker.spawn(connection::serve(socket, app, handshake, (remote, resume, trusted_origin)));
             std::future::ready(())
         }))
 }

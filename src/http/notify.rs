@@ -18,7 +18,8 @@ use serde_json::value::RawValue;
 use super::ApiError;
 use crate::app::AppState;
 use crate::engine::{NewEvent, Published};
-use crate::metrics::namespace_of;
+use crate::idempotency::validate_key;
+use crate::metrics::namespace_label;
 use crate::protocol::{empty_object, validate_channel};
 use crate::webhook::Notification;
 
@@ -27,6 +28,29 @@ pub const MAX_BATCH: usize = 1000;
 
 pub(super) fn routes(max_body_bytes: usize) -> Router<Arc<AppState>> {
     Router::new().route("/notify", post(notify).layer(DefaultBodyLimit::max(max_body_bytes)))
+}
+
+/// `--notify-rate`: 429 with `Retry-After` before the body is read, counted as
+/// `wshub_publish_rejected_total{reason="rate_limited"}`.
+pub(super) async fn rate_limit(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match app.notify_rate.check(peer.ip()) {
+        Ok(()) => next.run(request).await,
+        Err(wait) => {
+            app.metrics.publish_rejected.with_label_values(&["rate_limited"]).inc();
+            let secs = wait.as_secs().max(1);
+            let message = format!(
+                "more than {} publish requests per second from your address (--notify-rate); retry after {secs} s, or send batches",
+                app.config.notify_rate
+            );
+            let error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, message);
+            ([(header::RETRY_AFTER, secs.to_string())], error).into_response()
+        }
+    }
 }
 
 /// One notification as a publisher sends it.
@@ -79,7 +103,15 @@ async fn notify(
         }
         status => reject("bad_body", ApiError::new(status, e.body_text())),
     })?;
-    let header_key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let max_key = app.config.max_idempotency_key_bytes as usize;
+    let header_key = match headers.get("idempotency-key") {
+        Some(value) => {
+            validate_key(value.as_bytes(), max_key)
+                .map_err(|e| reject("idempotency_key", ApiError::bad_request(e.to_string())))?;
+            value.to_str().ok().map(str::to_string)
+        }
+        None => None,
+    };
     let (accepted, batch) = parse_body(&body).map_err(|e| reject("invalid", e))?;
     let key = match (&header_key, batch) {
         (Some(key), _) => Some(key.clone()),
@@ -94,6 +126,18 @@ async fn notify(
             ),
         ));
     }
+    if header_key.is_none()
+        && let Some(key) = &key
+    {
+        validate_key(key.as_bytes(), max_key)
+            .map_err(|e| reject("idempotency_key", ApiError::bad_request(format!("field `idempotency_key`: {e}"))))?;
+    }
+    let claimed = match &key {
+        Some(key) => Some(app.idempotency.claim(key, &body).map_err(|e| {
+            reject("idempotency_conflict", ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))
+        })?),
+        None => None,
+    };
     for a in &accepted {
         count_namespaces(&app, &a.event);
     }
@@ -107,7 +151,16 @@ async fn notify(
     let described: Option<Vec<(String, Vec<String>)>> = tracing::enabled!(tracing::Level::DEBUG)
         .then(|| accepted.iter().map(|a| (a.event.kind.clone(), a.event.targets.clone())).collect());
     let events = accepted.into_iter().map(|a| a.event).collect();
-    let published = publish_detached(&app, events, key).await?;
+    let published = match publish_detached(&app, events, key.clone()).await {
+        Ok(published) => published,
+        Err(e) => {
+            // Not accepted: a retry with this key may carry another body.
+            if let (Some(key), Some(fingerprint)) = (&key, claimed) {
+                app.idempotency.forget(key, fingerprint);
+            }
+            return Err(e);
+        }
+    };
     if let Some(described) = described {
         for (p, (kind, targets)) in published.iter().zip(&described) {
             tracing::debug!(id = %p.id, seq = p.seq, kind, ?targets, recipients = ?p.recipients, %peer, "published");
@@ -177,7 +230,7 @@ fn count_namespaces(app: &AppState, event: &NewEvent) {
         app.metrics.events_broadcast.inc();
     }
     for target in &event.targets {
-        app.metrics.events_by_namespace.with_label_values(&[namespace_of(target)]).inc();
+        app.metrics.events_by_namespace.with_label_values(&[namespace_label(target, &app.config.namespaces)]).inc();
     }
 }
 
@@ -249,6 +302,11 @@ pub(crate) fn parse_one(json: &[u8]) -> Result<Accepted, ApiError> {
             ApiError::bad_request(format!("invalid JSON: {inner}"))
         }
     })?;
+    de.end().map_err(|e| ApiError::bad_request(format!("invalid JSON: bytes after the notification ({e})")))?;
+    if let Some(data) = &body.data {
+        serde_json::from_str::<WellFormed>(data.get())
+            .map_err(|e| ApiError::bad_request(format!("field `data`: {e}")))?;
+    }
     let kind = match body.kind {
         Some(Value::String(s)) if s.is_empty() => {
             return Err(ApiError::bad_request("field `type` must not be empty"));
@@ -305,6 +363,58 @@ fn is_client_id(s: &str) -> bool {
                 && !n.is_empty()
                 && n.chars().all(|c| c.is_ascii_digit())
         })
+}
+
+/// Accepts any JSON value that every reader can handle: numbers within the range of a double and
+/// nesting at most 128 levels deep (serde_json's limit). Walks the value without building it.
+struct WellFormed;
+
+impl<'de> Deserialize<'de> for WellFormed {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(WellFormed)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for WellFormed {
+    type Value = WellFormed;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<WellFormed>()?.is_some() {}
+        Ok(self)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        while map.next_entry::<serde::de::IgnoredAny, WellFormed>()?.is_some() {}
+        Ok(self)
+    }
 }
 
 /// Adds the streams named by a target field (a string or an array of strings).
@@ -373,6 +483,13 @@ mod tests {
         assert!(err(r#"[{"type":"t"},{"type":"t","exclude_client":"a-b"}]"#).starts_with("item 1:"));
         assert!(err(r#"{"type":"t","fallback":"email"}"#).contains("`fallback`"));
         assert!(err(r#"{"type":"t","channel":"news","fallback":"webhook"}"#).contains("`user` target"));
+        assert!(err(r#"{"type":"t"} trailing"#).contains("bytes after"));
+        assert!(err(r#"{"type":"t"}{"type":"u"}"#).contains("bytes after"));
+        assert!(err(r#"{"type":"t","data":{"x":1e400}}"#).starts_with("field `data`"));
+        let deep = format!(r#"{{"type":"t","data":{}1{}}}"#, "[".repeat(129), "]".repeat(129));
+        assert!(err(&deep).starts_with("field `data`"), "{}", err(&deep));
+        let ok = format!(r#"{{"type":"t","data":{}1{}}}"#, "[".repeat(100), "]".repeat(100));
+        assert!(parse_body(ok.as_bytes()).is_ok(), "100 levels are fine");
     }
 
     #[test]
