@@ -148,7 +148,8 @@ struct Segment {
     start_auto: u64,
     /// The room: everything after this seq is expected.
     start_room: Option<u64>,
-    received: Vec<(String, u64, Option<String>)>,
+    /// (id, seq, idempotency key, how it came: connection number, label, node).
+    received: Vec<(String, u64, Option<String>, String)>,
     resynced: bool,
 }
 
@@ -222,7 +223,8 @@ async fn publisher(shared: Arc<Shared>, p: usize, mut rng: Rng) {
                 _ => None,
             };
             if let Some(answer) = answer {
-                let answers = if answer.is_array() { answer.as_array().cloned().unwrap_or_default() } else { vec![answer] };
+                let answers =
+                    if answer.is_array() { answer.as_array().cloned().unwrap_or_default() } else { vec![answer] };
                 let now_era = shared.era.load(Ordering::Acquire);
                 let mut accepted = shared.accepted.lock().expect("lock");
                 for (a, s) in answers.iter().zip(&streams) {
@@ -264,8 +266,10 @@ async fn client(shared: Arc<Shared>, k: usize, mut rng: Rng) {
     let jwt = token(SECRET, &format!("u{k}"), &[], 3600);
     let mut node = k % NODES;
     let mut resume: Option<(u64, Option<u64>, String)> = None; // (auto since, room since, epoch)
+    let mut conns = 0;
     while !shared.stop_clients.load(Ordering::Acquire) {
-        match connection(&shared, k, &jwt, node, &mut resume).await {
+        conns += 1;
+        match connection(&shared, k, &jwt, node, &mut resume, conns).await {
             Outcome::Stop => return,
             Outcome::Resync => {
                 shared.resyncs.fetch_add(1, Ordering::Relaxed);
@@ -287,13 +291,15 @@ async fn connection(
     jwt: &str,
     node: usize,
     resume: &mut Option<(u64, Option<u64>, String)>,
+    conn: usize,
 ) -> Outcome {
     let port = shared.ports[node];
     let url = match resume {
         Some((since, _, epoch)) => format!("ws://127.0.0.1:{port}/ws?token={jwt}&since={since}&epoch={epoch}"),
         None => format!("ws://127.0.0.1:{port}/ws?token={jwt}"),
     };
-    let Ok(Ok((mut ws, _))) = tokio::time::timeout(Duration::from_secs(3), tokio_tungstenite::connect_async(&url)).await
+    let Ok(Ok((mut ws, _))) =
+        tokio::time::timeout(Duration::from_secs(3), tokio_tungstenite::connect_async(&url)).await
     else {
         return Outcome::Resume;
     };
@@ -323,7 +329,8 @@ async fn connection(
                     Some(_) if v["recovered"] != true => return Outcome::Resync,
                     Some(r) => {
                         shared.resumes.fetch_add(1, Ordering::Relaxed);
-                        let body = json!({"type": "subscribe", "channel": room, "since": r.1.unwrap_or(r.0), "epoch": epoch});
+                        let body =
+                            json!({"type": "subscribe", "channel": room, "since": r.1.unwrap_or(r.0), "epoch": epoch});
                         if ws.send(Message::Text(body.to_string().into())).await.is_err() {
                             return Outcome::Resume;
                         }
@@ -365,7 +372,8 @@ async fn connection(
                 let id = v["id"].as_str().expect("id").to_string();
                 let key = v["data"]["key"].as_str().map(str::to_string);
                 let label = v["channel"].as_str().unwrap_or("");
-                log.lock().expect("lock").segments.last_mut().expect("segment").received.push((id, seq, key));
+                let how = format!("conn {conn} via {label} on node {node}");
+                log.lock().expect("lock").segments.last_mut().expect("segment").received.push((id, seq, key, how));
                 if let Some(r) = resume.as_mut() {
                     if label == room {
                         r.1 = Some(r.1.map_or(seq, |s| s.max(seq)));
@@ -419,10 +427,9 @@ async fn wait_all_healthy(shared: &Shared) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_under_redis_node_and_client_faults_loses_nothing_silently_and_duplicates_nothing() {
     let secs: u64 = std::env::var("WSHUB_CHAOS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(25);
-    let seed: u64 = std::env::var("WSHUB_CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1);
+    let seed: u64 = std::env::var("WSHUB_CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1
+    });
     eprintln!("chaos: seed {seed}, {secs} s of faults");
     let mut rng = Rng(seed);
 
@@ -591,9 +598,10 @@ async fn cluster_under_redis_node_and_client_faults_loses_nothing_silently_and_d
             deliveries += segment.received.len();
             let mut ids = HashSet::new();
             let mut key_ids: HashMap<&str, &str> = HashMap::new();
-            for (id, seq, key) in &segment.received {
+            for (id, seq, key, how) in &segment.received {
                 if !ids.insert(id) {
-                    duplicated.push(format!("u{k}: {id} (seq {seq})"));
+                    let first = segment.received.iter().find(|r| &r.0 == id).map_or("", |r| r.3.as_str());
+                    duplicated.push(format!("u{k}: {id} (seq {seq}) first {first}, again {how}"));
                 }
                 if let Some(key) = key
                     && let Some(other) = key_ids.insert(key, id)

@@ -316,12 +316,19 @@ impl RedisEngine {
         Ok(Snapshot { epoch: epoch.unwrap_or_default(), streams })
     }
 
-    async fn read_streams(&self, streams: &[String], since: Option<u64>) -> Result<Replay, EngineError> {
+    /// A resume's history read, and the streams' newest seqs at the moment of the read.
+    async fn read_streams(
+        &self,
+        streams: &[String],
+        since: Option<u64>,
+    ) -> Result<(Replay, Vec<(String, u64)>), EngineError> {
         let reads: Vec<(String, Option<u64>)> = streams.iter().map(|s| (s.clone(), since)).collect();
         let snapshot = self.snapshot(&reads).await?;
-        let head = snapshot.streams.iter().filter_map(|s| s.last).max().unwrap_or(0);
+        let lasts: Vec<(String, u64)> =
+            snapshot.streams.iter().map(|s| (s.stream.clone(), s.last.unwrap_or(0))).collect();
+        let head = lasts.iter().map(|(_, last)| *last).max().unwrap_or(0);
         let Some(since) = since else {
-            return Ok(Replay { events: Vec::new(), recovered: true, head });
+            return Ok((Replay { events: Vec::new(), recovered: true, head }, lasts));
         };
         let cutoff = now_rfc3339().1.saturating_sub(self.ttl_ms());
         let mut recovered = true;
@@ -338,7 +345,21 @@ impl RedisEngine {
         }
         events.sort_by_key(|e| e.seq);
         events.dedup_by_key(|e| e.seq);
-        Ok(Replay { events, recovered, head })
+        Ok((Replay { events, recovered, head }, lasts))
+    }
+
+    /// Waits until this node has handed the hub every event up to `lasts`, so the live copy of
+    /// anything a resume read from history reaches the hub before the replay does (the hub then
+    /// skips it) and never after it (a duplicate).
+    async fn reached(&self, lasts: Vec<(String, u64)>) -> Result<(), EngineError> {
+        let (tx, rx) = oneshot::channel();
+        if self.subs.send(SubRequest::Reached(lasts, tx)).is_err() {
+            return Err(EngineError::Stopped);
+        }
+        match tokio::time::timeout(COMMAND_TIMEOUT, rx).await {
+            Ok(Ok(true)) => Ok(()),
+            _ => Err(EngineError::Unavailable("redis pub/sub is behind or not connected".into())),
+        }
     }
 
     /// Hands one event to the local hub (the subscription manager already made sure it is new)
@@ -477,7 +498,9 @@ impl Engine for RedisEngine {
             if !self.sync().await {
                 return Err(EngineError::Unavailable("redis pub/sub is not connected".into()));
             }
-            self.read_streams(&streams, since).await
+            let (replay, lasts) = self.read_streams(&streams, since).await?;
+            self.reached(lasts).await?;
+            Ok(replay)
         }
         .boxed()
     }

@@ -33,6 +33,36 @@ pub(super) enum SubRequest {
     Close(String),
     /// Replies once every earlier request is confirmed by Redis (false while disconnected).
     Sync(oneshot::Sender<bool>),
+    /// Replies true once this node has handed the hub every event up to these positions (a
+    /// resume read them from history: the hub must get their live copies first, to skip them),
+    /// false if the link is lost first.
+    Reached(Vec<(String, u64)>, oneshot::Sender<bool>),
+}
+
+/// Resumes waiting for the node's positions to reach what they read from history.
+#[derive(Default)]
+struct Waiters(Vec<(Vec<(String, u64)>, oneshot::Sender<bool>)>);
+
+impl Waiters {
+    /// Answers every waiter whose positions are reached.
+    fn release(&mut self, positions: &Positions) {
+        if self.0.is_empty() {
+            return;
+        }
+        let (done, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.0).into_iter().partition(|(want, _)| positions.reached(want));
+        self.0 = waiting;
+        for (_, reply) in done {
+            let _ = reply.send(true);
+        }
+    }
+
+    /// The link is lost: nobody's positions will be reached on it.
+    fn fail(&mut self) {
+        for (_, reply) in self.0.drain(..) {
+            let _ = reply.send(false);
+        }
+    }
 }
 
 /// Seqs delivered lately, so an event that arrives through several streams, or again in a
@@ -83,6 +113,11 @@ impl Positions {
         true
     }
 
+    /// True when every stream's position is at least the given seq.
+    fn reached(&self, want: &[(String, u64)]) -> bool {
+        want.iter().all(|(s, seq)| self.streams.get(s).copied().flatten().is_some_and(|p| p >= *seq))
+    }
+
     fn advance(&mut self, stream: &str, seq: u64) {
         if let Some(pos) = self.streams.get_mut(stream) {
             *pos = Some(pos.map_or(seq, |p| p.max(seq)));
@@ -109,6 +144,7 @@ pub(super) async fn subscription_manager(
     linked: Arc<AtomicBool>,
 ) {
     let mut positions = Positions::new();
+    let mut waiters = Waiters::default();
     let mut backoff = MIN_BACKOFF;
     loop {
         let mut connected = connect_pubsub(&client, positions.streams.keys()).await;
@@ -121,6 +157,7 @@ pub(super) async fn subscription_manager(
         }
         let Some((mut sink, mut stream)) = connected else {
             linked.store(false, Ordering::Release);
+            waiters.fail();
             positions.lost_at.get_or_insert_with(Instant::now);
             let sleep = tokio::time::sleep(backoff);
             tokio::pin!(sleep);
@@ -156,6 +193,7 @@ pub(super) async fn subscription_manager(
                             tracing::warn!(error = %e, "filling a gap failed; reconnecting to catch up");
                             break;
                         }
+                        waiters.release(&positions);
                     }
                     None => break,
                 },
@@ -197,10 +235,15 @@ pub(super) async fn subscription_manager(
                     Some(SubRequest::Sync(reply)) => {
                         let _ = reply.send(true);
                     }
+                    Some(SubRequest::Reached(want, reply)) => {
+                        waiters.0.push((want, reply));
+                        waiters.release(&positions);
+                    }
                 },
             }
         }
         linked.store(false, Ordering::Release);
+        waiters.fail();
         positions.lost_at.get_or_insert_with(Instant::now);
         tracing::warn!("redis pub/sub connection lost; reconnecting");
     }
@@ -386,7 +429,7 @@ fn note_offline(positions: &mut Positions, request: SubRequest) {
                 positions.opened_offline.remove(&s);
             }
         }
-        SubRequest::Sync(reply) => {
+        SubRequest::Sync(reply) | SubRequest::Reached(_, reply) => {
             let _ = reply.send(false);
         }
     }
