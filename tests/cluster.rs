@@ -387,3 +387,25 @@ async fn receipts_on_one_node_count_acks_and_writes_from_clients_on_another() {
     .await;
     assert_eq!(receipts["acked_users"], json!(["bob"]));
 }
+
+#[tokio::test]
+async fn hub_connected_on_a_resume_through_another_node_carries_the_newest_seq() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let jwt = token(SECRET, "alice", &[], 3600);
+    let alice = connect(&a, &format!("/ws?token={jwt}")).await;
+    let epoch = alice.hello["epoch"].as_str().expect("epoch").to_string();
+    let since = alice.hello["seq"].as_u64().expect("seq");
+    drop(alice);
+    // Node B never sees these live: nobody on it listens to user:alice.
+    let mut newest = 0;
+    for i in 0..3 {
+        newest =
+            notify_ok(&a, json!({"type": "dm", "user": "alice", "data": {"i": i}})).await["seq"].as_u64().expect("seq");
+    }
+    let mut back = connect(&b, &format!("/ws?token={jwt}&since={since}&epoch={epoch}")).await;
+    assert_eq!((back.hello["recovered"].clone(), back.hello["replayed"].clone()), (json!(true), json!(3)));
+    assert_eq!(back.hello["seq"], newest, "hub:connected seq is the newest: {}", back.hello);
+    let replayed = next_ids(&mut back, 3).await;
+    assert_eq!(replayed.len(), 3);
+}

@@ -670,3 +670,168 @@ async fn cluster_under_redis_node_and_client_faults_loses_nothing_silently_and_d
     assert!(checked_segments >= CLIENTS, "every client ends in a checked segment");
     drop(nodes);
 }
+
+// ---- Single faults, each checked exactly ----
+
+async fn hub_client(node: &ChildHub, path: &str) -> common::Client {
+    let mut client = common::Client::connect(&node.ws_url(path)).await;
+    let hello = client.next_json().await;
+    assert_eq!(hello["type"], "hub:connected", "{hello}");
+    client.hello = hello;
+    client
+}
+
+async fn notify(node: &ChildHub, body: Value, headers: &[(&str, &str)]) -> (u16, Value) {
+    common::post_json(&node.url("/notify"), &body, headers).await
+}
+
+async fn start_small_node(redis: &Redis, history_size: &str) -> ChildHub {
+    let url = redis.url();
+    ChildHub::start(&["--redis-url", &url, "--jwt-secret", SECRET, "--node-ttl", "3s", "--history-size", history_size])
+        .await
+}
+
+/// Cuts one node's pub/sub link and keeps it down (Redis refuses new connections) while `during`
+/// runs, then lets it reconnect.
+async fn with_pubsub_link_down<F: std::future::Future<Output = ()>>(redis: &Redis, during: F) {
+    let client = redis::Client::open(redis.url()).expect("url");
+    let mut admin = client.get_connection_with_timeout(Duration::from_secs(1)).expect("admin connection");
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("maxclients").arg("1").query(&mut admin).expect("maxclients");
+    let _: redis::Value = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query(&mut admin).expect("kill");
+    during.await;
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("maxclients").arg("10000").query(&mut admin).expect("maxclients");
+}
+
+#[tokio::test]
+async fn events_missed_while_the_link_was_down_arrive_once_within_history_and_beyond_it_only_their_clients_resync() {
+    let redis = Redis::start();
+    let (a, b) = (start_small_node(&redis, "5").await, start_small_node(&redis, "5").await);
+    let alice_jwt = token(SECRET, "alice", &[], 3600);
+    let mut alice = hub_client(&a, &format!("/ws?token={alice_jwt}")).await;
+    let mut bob = hub_client(&a, &format!("/ws?token={}", token(SECRET, "bob", &[], 3600))).await;
+
+    // Within history: three events for alice and one broadcast while node A hears nothing.
+    let mut within = Vec::new();
+    with_pubsub_link_down(&redis, async {
+        for i in 0..3 {
+            let (status, answer) = notify(&b, json!({"type": "dm", "user": "alice", "data": {"i": i}}), &[]).await;
+            assert_eq!(status, 200, "{answer}");
+            within.push(answer["id"].clone());
+        }
+        let (status, answer) = notify(&b, json!({"type": "all"}), &[]).await;
+        assert_eq!(status, 200, "{answer}");
+        within.push(answer["id"].clone());
+    })
+    .await;
+    let mut alice_since = 0;
+    for id in &within {
+        let event = alice.next_event().await;
+        assert_eq!(&event["id"], id, "alice gets what node A missed, once, in order");
+        alice_since = event["seq"].as_u64().expect("seq");
+    }
+    assert_eq!(bob.next_event().await["id"], within[3]);
+    alice.assert_no_event().await;
+
+    // Beyond history: 8 events for alice, the stream keeps 5. Only alice is told; bob stays.
+    let mut last_seen = 0;
+    with_pubsub_link_down(&redis, async {
+        for i in 0..8 {
+            let (status, answer) = notify(&b, json!({"type": "dm", "user": "alice", "data": {"i": i}}), &[]).await;
+            assert_eq!(status, 200, "{answer}");
+            last_seen = answer["seq"].as_u64().expect("seq");
+        }
+    })
+    .await;
+    assert_eq!(alice.ended().await, common::Ended::Closed(4006), "alice is told to resync");
+    bob.assert_alive().await;
+    let epoch = alice.hello["epoch"].as_str().expect("epoch").to_string();
+    let resumed = hub_client(&a, &format!("/ws?token={alice_jwt}&since={alice_since}&epoch={epoch}")).await;
+    assert_eq!(resumed.hello["recovered"], false, "{}", resumed.hello);
+    assert!(resumed.hello["seq"].as_u64().expect("seq") >= last_seen, "{}", resumed.hello);
+}
+
+#[tokio::test]
+async fn an_idempotent_retry_after_a_redis_stall_returns_the_first_result_and_delivers_once() {
+    let redis = Redis::start();
+    let node = start_small_node(&redis, "100").await;
+    let mut alice = hub_client(&node, &format!("/ws?token={}", token(SECRET, "alice", &[], 3600))).await;
+
+    // A first publish loads the script into Redis (a script call behind the stall would
+    // otherwise only learn NOSCRIPT afterwards, and not run).
+    let (status, warm) = notify(&node, json!({"type": "warm", "user": "alice"}), &[]).await;
+    assert_eq!(status, 200, "{warm}");
+    assert_eq!(alice.next_event().await["id"], warm["id"]);
+
+    // Redis stalls longer than the 2 s command timeout; the publish is queued behind the stall,
+    // answered 503, and runs once Redis wakes up.
+    let port = redis.port;
+    let stall = tokio::task::spawn_blocking(move || {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/0")).expect("url");
+        let mut conn = client.get_connection_with_timeout(Duration::from_secs(1)).expect("connection");
+        let _: redis::Value = redis::cmd("DEBUG").arg("SLEEP").arg("3").query(&mut conn).expect("debug sleep");
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let headers = [("Idempotency-Key", "order-1")];
+    let body = json!({"type": "order", "user": "alice"});
+    let (status, answer) = notify(&node, body.clone(), &headers).await;
+    assert_eq!(status, 503, "the stall outlasts the command timeout: {answer}");
+    stall.await.expect("stall");
+    let delivered = alice.next_event().await;
+    assert_eq!(delivered["type"], "order", "the first attempt was published after all");
+
+    // The retry (on any node) answers the first result and publishes nothing.
+    let (status, retry) = notify(&node, body, &headers).await;
+    assert_eq!(status, 200, "{retry}");
+    assert_eq!((&retry["id"], &retry["seq"]), (&delivered["id"], &delivered["seq"]), "{retry}");
+    alice.assert_no_event().await;
+
+    // A key whose first attempt never reached Redis publishes on the retry, at once.
+    let headers = [("Idempotency-Key", "order-2")];
+    let (status, fresh) = notify(&node, json!({"type": "order2", "user": "alice"}), &headers).await;
+    assert_eq!(status, 200, "{fresh}");
+    assert_eq!(alice.next_event().await["id"], fresh["id"]);
+}
+
+#[tokio::test]
+async fn stats_and_presence_cost_a_few_redis_commands_whatever_the_keyspace_holds() {
+    let redis = Redis::start();
+    let node = start_small_node(&redis, "100").await;
+    let mut alice = hub_client(&node, &format!("/ws?token={}", token(SECRET, "alice", &[], 3600))).await;
+    alice.send_json(json!({"type": "subscribe", "channel": "room"})).await;
+    assert_eq!(alice.next_reply().await["type"], "hub:subscribed");
+    redis.command(&["DEBUG", "POPULATE", "200000", "filler"]).expect("populate");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, stats) = common::get_json(&node.url("/stats"), &[]).await;
+        if stats["nodes"].as_array().is_some_and(|n| n.len() == 1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the node's heartbeat never showed in /stats: {stats}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let (status, stats) = common::get_json(&node.url("/stats"), &[]).await;
+    assert_eq!(status, 200, "{stats}");
+    redis.command(&["CONFIG", "RESETSTAT"]).expect("resetstat");
+    for _ in 0..5 {
+        let (status, stats) = common::get_json(&node.url("/stats"), &[]).await;
+        assert_eq!(status, 200, "{stats}");
+        assert_eq!(stats["nodes"].as_array().map(Vec::len), Some(1), "{stats}");
+        let (status, presence) = common::get_json(&node.url("/channels/room/presence"), &[]).await;
+        assert_eq!(status, 200, "{presence}");
+    }
+    let info = redis.command(&["INFO", "commandstats"]).expect("info");
+    let info: String = redis::from_redis_value(info).expect("text");
+    let calls: HashMap<String, u64> = info
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest.strip_prefix("calls=")?.split(',').next()?.parse().ok()?;
+            Some((name.to_string(), calls))
+        })
+        .collect();
+    assert!(!calls.contains_key("scan") && !calls.contains_key("keys"), "no keyspace scans: {calls:?}");
+    // Five /stats and five presence reads, plus at most a few heartbeats meanwhile.
+    let total: u64 = calls.iter().filter(|(name, _)| *name != "info" && *name != "config").map(|(_, n)| n).sum();
+    assert!(total <= 60, "{total} Redis commands for 10 reads over 200k keys: {calls:?}");
+}
