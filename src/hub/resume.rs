@@ -152,8 +152,11 @@ impl Hub {
             }
         }
         let recovery = pending.since.map(|_| (pending.epoch_ok && engine_ok && replay.recovered, replayed_seqs.len()));
+        // A live event at or before the resume position is one the client already has (in a
+        // cluster, a node that lags another can still be delivering it).
+        let had = pending.since.filter(|_| pending.epoch_ok).unwrap_or(0);
         for (delivery, index) in pending.buffer {
-            if replayed_seqs.binary_search(&delivery.event.seq).is_err() {
+            if delivery.event.seq > had && replayed_seqs.binary_search(&delivery.event.seq).is_err() {
                 events.push(Outbound::Event(delivery, index));
             }
         }

@@ -36,12 +36,15 @@ pub(super) enum SubRequest {
     /// Replies true once this node has handed the hub every event up to these positions (a
     /// resume read them from history: the hub must get their live copies first, to skip them),
     /// false if the link is lost first.
-    Reached(Vec<(String, u64)>, oneshot::Sender<bool>),
+    Reached(Want, oneshot::Sender<bool>),
 }
+
+/// Stream positions a resume waits for.
+type Want = Vec<(String, u64)>;
 
 /// Resumes waiting for the node's positions to reach what they read from history.
 #[derive(Default)]
-struct Waiters(Vec<(Vec<(String, u64)>, oneshot::Sender<bool>)>);
+struct Waiters(Vec<(Want, oneshot::Sender<bool>)>);
 
 impl Waiters {
     /// Answers every waiter whose positions are reached.
