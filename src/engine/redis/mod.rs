@@ -638,3 +638,41 @@ impl Engine for RedisEngine {
 fn parse_event(payload: &str) -> Option<Arc<Event>> {
     serde_json::from_str::<Event>(payload).ok().map(Arc::new)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(seq: u64, targets: &[&str], prev: &[u64]) -> Entry {
+        let targets: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
+        let payload = json!({
+            "seq": seq, "epoch": "e1", "prev": prev, "id": format!("id{seq}"), "type": "t", "message": "",
+            "data": {}, "timestamp": "2026-01-01T00:00:00Z", "targets": targets, "accepted_ms": 1,
+        });
+        Entry::parse(&payload.to_string()).expect("entry parses")
+    }
+
+    fn read(stream: &str, last: Option<u64>, entries: Vec<Entry>) -> StreamRead {
+        StreamRead { stream: stream.into(), last, entries }
+    }
+
+    #[test]
+    fn an_entry_knows_the_previous_seq_of_each_of_its_streams() {
+        let e = entry(9, &["room", "user:a"], &[4, 7]);
+        assert_eq!((e.prev_in("room"), e.prev_in("user:a"), e.prev_in("other")), (4, 7, 0));
+        assert_eq!(e.epoch, "e1");
+    }
+
+    #[test]
+    fn history_continues_from_a_position_only_when_its_first_entry_follows_it() {
+        // room: 4 → 9 → 12, and only [9, 12] is still kept.
+        let full = || read("room", Some(12), vec![entry(9, &["room"], &[4]), entry(12, &["room"], &[9])]);
+        assert!(full().continues_from(4));
+        assert!(full().continues_from(5), "a global position between two of the stream's events");
+        assert!(!full().continues_from(3), "event 4 is gone (trimmed)");
+        // Nothing after the position: complete unless the stream has a newer seq.
+        assert!(read("room", Some(12), vec![]).continues_from(12));
+        assert!(!read("room", Some(12), vec![]).continues_from(10), "expired with unseen events");
+        assert!(read("room", None, vec![]).continues_from(10), "nothing ever published or all expired");
+    }
+}
