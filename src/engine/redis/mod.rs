@@ -199,13 +199,21 @@ impl RedisEngine {
     }
 
     async fn wait_linked(&self) {
-        for _ in 0..100 {
-            if self.sync().await {
-                return;
+        if !self.linked_within(Duration::from_secs(5)).await {
+            tracing::warn!("redis pub/sub is not connected yet; the node will catch up when it is");
+        }
+    }
+
+    /// True once every earlier subscribe is confirmed, waiting up to `limit` for the link.
+    async fn linked_within(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !self.sync().await {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tracing::warn!("redis pub/sub is not connected yet; the node will catch up when it is");
+        true
     }
 
     /// True once every earlier subscribe is confirmed by Redis.
@@ -494,8 +502,9 @@ impl Engine for RedisEngine {
 
     fn replay(&self, streams: Vec<String>, since: Option<u64>) -> BoxFuture<'_, Result<Replay, EngineError>> {
         async move {
-            // Live delivery for these streams must be on before history is read.
-            if !self.sync().await {
+            // Live delivery for these streams must be on before history is read. A link that is
+            // reconnecting gets the command timeout to come back, rather than fail the resume.
+            if !self.linked_within(COMMAND_TIMEOUT).await {
                 return Err(EngineError::Unavailable("redis pub/sub is not connected".into()));
             }
             let (replay, lasts) = self.read_streams(&streams, since).await?;
