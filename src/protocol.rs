@@ -110,6 +110,9 @@ pub enum CloseReason {
     Kicked,
     /// Nothing received within the pong timeout.
     KeepAliveTimeout,
+    /// Cluster mode: the node missed events of one of the connection's streams that history no
+    /// longer holds (or Redis lost its data); a resume tells the client `recovered: false`.
+    Resync,
 }
 
 impl CloseReason {
@@ -126,6 +129,7 @@ impl CloseReason {
             Self::SlowConsumer => 4003,
             Self::Kicked => 4004,
             Self::KeepAliveTimeout => 4005,
+            Self::Resync => 4006,
         }
     }
 
@@ -142,6 +146,7 @@ impl CloseReason {
             Self::SlowConsumer => "slow consumer: send queue full",
             Self::Kicked => "disconnected by operator",
             Self::KeepAliveTimeout => "keep-alive timeout",
+            Self::Resync => "events missed: resume to resync",
         }
     }
 
@@ -151,7 +156,7 @@ impl CloseReason {
     }
 }
 
-const ALL_REASONS: [CloseReason; 10] = [
+const ALL_REASONS: [CloseReason; 11] = [
     CloseReason::GoingAway,
     CloseReason::ProtocolError,
     CloseReason::InvalidUtf8,
@@ -162,6 +167,7 @@ const ALL_REASONS: [CloseReason; 10] = [
     CloseReason::SlowConsumer,
     CloseReason::Kicked,
     CloseReason::KeepAliveTimeout,
+    CloseReason::Resync,
 ];
 
 /// A published notification with its position; shared by every recipient through an `Arc`.

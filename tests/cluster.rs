@@ -207,23 +207,24 @@ async fn client_resuming_on_another_node_gets_exactly_the_missed_events_and_reco
 }
 
 #[tokio::test]
-async fn redis_outage_answers_503_keeps_clients_and_after_restart_delivers_once_without_duplicates() {
+async fn redis_outage_answers_503_and_a_redis_that_lost_its_data_tells_every_client_to_resync() {
     let mut redis = RedisServer::start();
     let nodes = [node(&redis).await, node(&redis).await];
-    let mut clients = [user(&nodes[0], "alice", &[]).await, user(&nodes[1], "bob", &[]).await];
-    // Every id that got a 200, and every id each client received.
-    let mut accepted: Vec<String> = Vec::new();
-    let mut received: [Vec<String>; 2] = [Vec::new(), Vec::new()];
+    let jwts = [token(SECRET, "alice", &[], 3600), token(SECRET, "bob", &[], 3600)];
+    let mut clients = [
+        connect(&nodes[0], &format!("/ws?token={}", jwts[0])).await,
+        connect(&nodes[1], &format!("/ws?token={}", jwts[1])).await,
+    ];
+    let mut last_seen = [0u64; 2];
     let mut first_epoch = String::new();
     for (i, n) in [0, 1, 0].into_iter().enumerate() {
-        let answer = notify_ok(&nodes[n], json!({"type": "before", "data": {"i": i}})).await;
-        accepted.push(answer["id"].as_str().expect("id").into());
+        notify_ok(&nodes[n], json!({"type": "before", "data": {"i": i}})).await;
     }
-    for (client, got) in clients.iter_mut().zip(&mut received) {
+    for (client, last) in clients.iter_mut().zip(&mut last_seen) {
         for _ in 0..3 {
             let event = client.next_event().await;
             first_epoch = event["epoch"].as_str().expect("epoch").into();
-            got.push(event["id"].as_str().expect("id").into());
+            *last = event["seq"].as_u64().expect("seq");
         }
     }
 
@@ -252,22 +253,26 @@ async fn redis_outage_answers_503_keeps_clients_and_after_restart_delivers_once_
         client.assert_alive().await;
     }
 
+    // The restarted Redis is empty: the nodes cannot know what was published just before the
+    // crash, so every client is closed with 4006 and its resume answers recovered: false.
     redis.restart();
+    for client in &mut clients {
+        assert_eq!(client.ended().await, common::Ended::Closed(4006), "told to resync");
+    }
     for hub in &nodes {
         wait_engine_ok(hub).await;
     }
-    let after = notify_ok(&nodes[1], json!({"type": "after"})).await;
-    accepted.push(after["id"].as_str().expect("id").into());
-    for (client, got) in clients.iter_mut().zip(&mut received) {
-        let event = client.next_event().await;
-        assert_eq!(event["id"], after["id"], "first event after the restart");
-        assert_ne!(event["epoch"], first_epoch, "Redis lost its data: a new epoch");
-        got.push(event["id"].as_str().expect("id").into());
-        client.assert_no_event().await;
-        client.assert_alive().await;
+    let mut back = Vec::new();
+    for ((hub, jwt), since) in nodes.iter().zip(&jwts).zip(last_seen) {
+        let client = connect(hub, &format!("/ws?token={jwt}&since={since}&epoch={first_epoch}")).await;
+        assert_eq!(client.hello["recovered"], false, "{}", client.hello);
+        assert_ne!(client.hello["epoch"], first_epoch.as_str(), "Redis lost its data: a new epoch");
+        back.push(client);
     }
-    for (name, got) in ["alice", "bob"].iter().zip(&received) {
-        assert_eq!(got, &accepted, "{name}: every accepted event once, in order, nothing else");
+    let after = notify_ok(&nodes[1], json!({"type": "after"})).await;
+    for client in &mut back {
+        assert_eq!(client.next_event().await["id"], after["id"], "first event after the restart");
+        client.assert_no_event().await;
     }
 }
 
@@ -277,11 +282,17 @@ async fn redis_reset_does_not_swallow_a_new_event_that_reuses_the_last_seen_seq(
     // was seq 1 of the old epoch must still get seq 1 of the new one.
     let mut redis = RedisServer::start();
     let hub = node(&redis).await;
-    let mut alice = user(&hub, "alice", &[]).await;
+    let jwt = token(SECRET, "alice", &[], 3600);
+    let mut alice = connect(&hub, &format!("/ws?token={jwt}")).await;
     let before = notify_ok(&hub, json!({"type": "before"})).await;
-    assert_eq!(alice.next_event().await["id"], before["id"]);
+    let seen = alice.next_event().await;
+    assert_eq!(seen["id"], before["id"]);
     redis.restart();
+    assert_eq!(alice.ended().await, common::Ended::Closed(4006), "told to resync");
     wait_engine_ok(&hub).await;
+    let since = format!("/ws?token={jwt}&since={}&epoch={}", seen["seq"], seen["epoch"].as_str().expect("epoch"));
+    let mut alice = connect(&hub, &since).await;
+    assert_eq!(alice.hello["recovered"], false, "{}", alice.hello);
     let after = notify_ok(&hub, json!({"type": "after"})).await;
     assert_eq!(after["seq"], before["seq"], "both are the first seq of their epoch");
     assert_eq!(alice.next_event().await["id"], after["id"]);
@@ -375,4 +386,26 @@ async fn receipts_on_one_node_count_acks_and_writes_from_clients_on_another() {
     })
     .await;
     assert_eq!(receipts["acked_users"], json!(["bob"]));
+}
+
+#[tokio::test]
+async fn hub_connected_on_a_resume_through_another_node_carries_the_newest_seq() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let jwt = token(SECRET, "alice", &[], 3600);
+    let alice = connect(&a, &format!("/ws?token={jwt}")).await;
+    let epoch = alice.hello["epoch"].as_str().expect("epoch").to_string();
+    let since = alice.hello["seq"].as_u64().expect("seq");
+    drop(alice);
+    // Node B never sees these live: nobody on it listens to user:alice.
+    let mut newest = 0;
+    for i in 0..3 {
+        newest =
+            notify_ok(&a, json!({"type": "dm", "user": "alice", "data": {"i": i}})).await["seq"].as_u64().expect("seq");
+    }
+    let mut back = connect(&b, &format!("/ws?token={jwt}&since={since}&epoch={epoch}")).await;
+    assert_eq!((back.hello["recovered"].clone(), back.hello["replayed"].clone()), (json!(true), json!(3)));
+    assert_eq!(back.hello["seq"], newest, "hub:connected seq is the newest: {}", back.hello);
+    let replayed = next_ids(&mut back, 3).await;
+    assert_eq!(replayed.len(), 3);
 }

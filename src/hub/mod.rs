@@ -166,6 +166,15 @@ pub enum Command {
         /// The frame.
         frame: Utf8Bytes,
     },
+    /// Cluster mode: closes every connection in any of `streams` (`broadcast`: all) with
+    /// [`CloseReason::Resync`], because the node missed events of them; replies when done, so the
+    /// engine delivers nothing newer before the affected clients are closed.
+    Resync {
+        /// Streams whose events were missed.
+        streams: Vec<String>,
+        /// Reply: connections closed.
+        reply: oneshot::Sender<usize>,
+    },
     /// Close every connection with 1001 and stop.
     Shutdown,
 }
@@ -414,6 +423,9 @@ impl Hub {
                 let _ = reply.send((self.stats(), presence));
             }
             Command::Control { stream, frame } => self.control(&stream, &frame),
+            Command::Resync { streams, reply } => {
+                let _ = reply.send(self.resync(&streams));
+            }
             Command::Shutdown => {}
         }
     }
@@ -499,7 +511,7 @@ impl Hub {
                 self.start_pending_since(id, PendingKind::Connect, auto, None, true);
             }
             None => {
-                let frame = self.connected_frame(id, None);
+                let frame = self.connected_frame(id, None, 0);
                 self.push_or_drop(id, Outbound::frame(frame));
             }
         }
@@ -669,6 +681,19 @@ impl Hub {
         for id in targets {
             self.push_or_drop(id, Outbound::frame(frame.clone()));
         }
+    }
+
+    fn resync(&mut self, streams: &[String]) -> usize {
+        let ids: Vec<ConnId> = if streams.iter().any(|s| s == BROADCAST) {
+            self.conns.keys().copied().collect()
+        } else {
+            let ids: HashSet<ConnId> = streams.iter().filter_map(|s| self.streams.get(s)).flatten().copied().collect();
+            ids.into_iter().collect()
+        };
+        for id in &ids {
+            self.drop_conn(*id, Some(CloseReason::Resync));
+        }
+        ids.len()
     }
 
     fn push_or_drop(&mut self, id: ConnId, out: Outbound) {

@@ -49,7 +49,9 @@ pub(super) struct Resuming {
 }
 
 impl Hub {
-    pub(super) fn connected_frame(&self, id: ConnId, recovery: Option<(bool, usize)>) -> Utf8Bytes {
+    /// `hub:connected`; its `seq` is the newest known: the engine's, or `newest` when a replay
+    /// (in a cluster, read from Redis) saw a later one than this node has delivered so far.
+    pub(super) fn connected_frame(&self, id: ConnId, recovery: Option<(bool, usize)>, newest: u64) -> Utf8Bytes {
         let Some(conn) = self.conns.get(&id) else {
             return Utf8Bytes::from_static("{}");
         };
@@ -62,7 +64,7 @@ impl Hub {
             roles: &who.roles,
             channels: who.auto_streams(),
             epoch: self.engine.epoch(),
-            seq: self.engine.current_seq(),
+            seq: self.engine.current_seq().max(newest),
             recovered: recovery.map(|r| r.0),
             replayed: recovery.map(|r| r.1),
         })
@@ -150,13 +152,19 @@ impl Hub {
             }
         }
         let recovery = pending.since.map(|_| (pending.epoch_ok && engine_ok && replay.recovered, replayed_seqs.len()));
+        // A live event at or before the resume position is one the client already has (in a
+        // cluster, a node that lags another can still be delivering it).
+        let had = pending.since.filter(|_| pending.epoch_ok).unwrap_or(0);
         for (delivery, index) in pending.buffer {
-            if replayed_seqs.binary_search(&delivery.event.seq).is_err() {
+            if delivery.event.seq > had && replayed_seqs.binary_search(&delivery.event.seq).is_err() {
                 events.push(Outbound::Event(delivery, index));
             }
         }
         let reply = match &pending.kind {
-            PendingKind::Connect => self.connected_frame(id, recovery),
+            PendingKind::Connect => {
+                let newest = replay.events.last().map_or(0, |e| e.seq).max(replay.head);
+                self.connected_frame(id, recovery, newest)
+            }
             PendingKind::Subscribe(channel) => subscribed_frame(channel, &epoch, replay.head, recovery),
         };
         let mut items = Vec::with_capacity(events.len() + 1);

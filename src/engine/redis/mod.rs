@@ -1,25 +1,29 @@
 //! The cluster engine: several wshub processes share one Redis and act as one hub.
 //!
 //! - Positions: one `INCR` counter; epoch in a key (a Redis that lost its data gets a new epoch,
-//!   so clients are told `recovered: false` instead of resuming wrongly).
+//!   and every node closes its clients with the resync code, so they learn `recovered: false`).
 //! - History: a Redis Stream per stream (`wshub:h:{stream}`), entry id = seq, trimmed to the
-//!   history size, expired after twice the TTL; per-stream trim and last positions in hashes.
-//! - Live fan-out: `PUBLISH wshub:c:{stream}` from one Lua script that also assigns the seq and
-//!   writes history, so order is the same everywhere. Each node subscribes only to the streams its
-//!   own clients are in (plus `broadcast`), on one pub/sub connection, so it receives events in seq
-//!   order; an event matching several of its streams arrives once per stream and is passed on once.
-//! - Idempotency keys, receipts, node heartbeats and presence snapshots are keys with expiry.
-//! - Reconnect: the node counts as linked (`/health` ok) only once it has resubscribed and
-//!   delivered, from the history, what it missed since its last seq (since the start of a new
-//!   epoch if Redis lost its data); seqs already delivered are skipped, so nothing comes twice.
+//!   history size, expired after twice the TTL; the stream's newest seq in `wshub:l:{stream}`.
+//! - Every event carries, per target, the previous seq of that stream (`prev`): a chain per
+//!   stream, so a node (or a resume) knows exactly whether it holds everything of a stream.
+//! - Live fan-out: `PUBLISH wshub:c:{stream}` from one Lua script that also claims the
+//!   idempotency key, assigns the seq and writes history, so order is the same everywhere and a
+//!   retried publish is answered from the first result. Each node subscribes only to the
+//!   streams its own clients are in (plus `broadcast`), on one pub/sub connection.
+//! - Gaps (see `pubsub`): the node keeps a position per stream; after every (re)connect it reads
+//!   all its streams in one atomic snapshot and delivers what it missed, and a live event whose
+//!   `prev` is ahead of the position is preceded by the missing ones. What history no longer
+//!   holds is never skipped silently: the stream's clients are closed with 4006 (resync).
+//! - Receipts, node heartbeats and presence are keys with expiry; live nodes are listed in a
+//!   sorted set scored by expiry, so nothing ever scans the keyspace.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use futures_util::{FutureExt, StreamExt};
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Deserialize;
@@ -39,15 +43,13 @@ use pubsub::{SubRequest, subscription_manager};
 
 const KEY_EPOCH: &str = "wshub:epoch";
 const KEY_SEQ: &str = "wshub:seq";
-const KEY_TRIM: &str = "wshub:trim";
-const KEY_LAST: &str = "wshub:last";
+/// Sorted set of live nodes, scored by when their heartbeat expires (Unix ms).
+const KEY_NODES: &str = "wshub:nodes";
 const KEY_RECENT: &str = "wshub:recent";
 /// Events kept in the cluster-wide recent list (`GET /events`).
 const RECENT_LEN: usize = 1000;
 /// Events whose local write counts are flushed to Redis at each heartbeat.
 const RECEIPT_WINDOW: usize = 10_000;
-/// Longest wait for the first publisher of an idempotency key to finish.
-const IDEMPOTENCY_WAIT: Duration = Duration::from_secs(5);
 /// Redis command timeout: a publish fails with 503 rather than hang while Redis is away.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -57,10 +59,79 @@ const PUBLISH_SCRIPT: &str = include_str!("publish.lua");
 /// Recently received events with the write count already flushed to Redis.
 type RecentEvents = Mutex<VecDeque<(Arc<Event>, u32)>>;
 
-/// What a node shares with the others through the publish payload.
+/// The position fields of a published payload, next to the event itself.
 #[derive(Deserialize)]
-struct EpochOf {
+struct Chain {
     epoch: String,
+    /// Per entry of the event's `targets`: that stream's previous seq (0: none kept).
+    #[serde(default)]
+    prev: Vec<u64>,
+}
+
+/// An event read from Redis with its position fields.
+pub(super) struct Entry {
+    event: Arc<Event>,
+    epoch: String,
+    prev: Vec<u64>,
+}
+
+impl Entry {
+    fn parse(payload: &str) -> Option<Self> {
+        let event: Event = serde_json::from_str(payload).ok()?;
+        let Chain { epoch, prev } = serde_json::from_str(payload).ok()?;
+        Some(Self { event: Arc::new(event), epoch, prev })
+    }
+
+    /// The previous seq of `stream` before this event (0 when `stream` is not a target).
+    fn prev_in(&self, stream: &str) -> u64 {
+        let index = self.event.targets.iter().position(|t| t == stream);
+        index.and_then(|i| self.prev.get(i)).copied().unwrap_or(0)
+    }
+}
+
+/// One stream in a [`RedisEngine::snapshot`]: its newest seq and the entries read.
+pub(super) struct StreamRead {
+    stream: String,
+    last: Option<u64>,
+    entries: Vec<Entry>,
+}
+
+impl StreamRead {
+    /// True when these entries are everything of the stream after position `from`: the first
+    /// one follows `from` (or nothing came after it), and the stream did not go back.
+    fn continues_from(&self, from: u64) -> bool {
+        let last = self.last.unwrap_or(0);
+        match self.entries.first() {
+            Some(first) => first.prev_in(&self.stream) <= from,
+            None => last <= from,
+        }
+    }
+}
+
+/// An atomic read of several streams.
+pub(super) struct Snapshot {
+    epoch: String,
+    streams: Vec<StreamRead>,
+}
+
+fn history_key(stream: &str) -> String {
+    format!("wshub:h:{stream}")
+}
+
+fn last_key(stream: &str) -> String {
+    format!("wshub:l:{stream}")
+}
+
+fn node_key(node: &str) -> String {
+    format!("wshub:node:{node}")
+}
+
+fn presence_key(node: &str) -> String {
+    format!("wshub:presence:{node}")
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The Redis engine.
@@ -128,13 +199,21 @@ impl RedisEngine {
     }
 
     async fn wait_linked(&self) {
-        for _ in 0..100 {
-            if self.sync().await {
-                return;
+        if !self.linked_within(Duration::from_secs(5)).await {
+            tracing::warn!("redis pub/sub is not connected yet; the node will catch up when it is");
+        }
+    }
+
+    /// True once every earlier subscribe is confirmed, waiting up to `limit` for the link.
+    async fn linked_within(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !self.sync().await {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tracing::warn!("redis pub/sub is not connected yet; the node will catch up when it is");
+        true
     }
 
     /// True once every earlier subscribe is confirmed by Redis.
@@ -161,18 +240,6 @@ impl RedisEngine {
         }
     }
 
-    /// Adopts `epoch` if it is new and claims `seq` if not delivered yet, under the epoch lock so
-    /// a concurrent epoch change cannot be undone by a seq stored from the old one.
-    fn accept(&self, epoch: &str, seq: u64) -> bool {
-        let Ok(mut current) = self.epoch.lock() else { return false };
-        self.adopt(&mut current, epoch);
-        if seq <= self.last_seq.load(Ordering::Acquire) {
-            return false;
-        }
-        self.last_seq.store(seq, Ordering::Release);
-        true
-    }
-
     fn ttl_ms(&self) -> u64 {
         u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX)
     }
@@ -181,11 +248,16 @@ impl RedisEngine {
         self.namespaces.find(stream).and_then(|ns| ns.history_size).unwrap_or(self.history_size).max(1)
     }
 
-    async fn publish_now(&self, batch: Vec<NewEvent>) -> Result<Vec<Published>, EngineError> {
+    async fn publish_now(&self, batch: Vec<NewEvent>, key: Option<String>) -> Result<Vec<Published>, EngineError> {
         let (timestamp, accepted_ms) = now_rfc3339();
         let mut script = self.script.prepare_invoke();
-        script.arg(self.ttl_ms()).arg(super::memory::new_epoch()).arg(batch.len());
-        let mut ids = Vec::with_capacity(batch.len());
+        script
+            .arg(self.ttl_ms())
+            .arg(super::memory::new_epoch())
+            .arg(key.as_deref().unwrap_or(""))
+            .arg(millis(self.idempotency_ttl))
+            .arg(RECENT_LEN)
+            .arg(batch.len());
         for new in batch {
             let event = super::memory::stamp(new, 0, &timestamp, accepted_ms);
             let body =
@@ -194,138 +266,114 @@ impl RedisEngine {
             for target in &event.targets {
                 script.arg(target).arg(self.max_len(target));
             }
-            ids.push(event.id);
         }
-        script.arg(RECENT_LEN);
         let mut conn = self.conn.clone();
         let out: Vec<redis::Value> = script.invoke_async(&mut conn).await.map_err(unavailable)?;
         let mut values = out.into_iter();
         let epoch: String =
             values.next().map(redis::from_redis_value).transpose().map_err(unavailable)?.unwrap_or_default();
         self.set_epoch(&epoch);
-        let numbers: Vec<u64> = values.map(redis::from_redis_value).collect::<Result<_, _>>().map_err(unavailable)?;
-        Ok(ids
-            .into_iter()
-            .zip(numbers.chunks(2))
-            .map(|(id, pair)| Published {
-                id,
-                seq: pair.first().copied().unwrap_or(0),
-                recipients: None,
-                nodes: pair.get(1).map(|n| *n as usize),
+        let rest: Vec<redis::Value> = values.collect();
+        rest.chunks(3)
+            .map(|triple| match triple {
+                [id, seq, nodes] => Ok(Published {
+                    id: redis::from_redis_value(id.clone()).map_err(unavailable)?,
+                    seq: redis::from_redis_value(seq.clone()).map_err(unavailable)?,
+                    recipients: None,
+                    nodes: Some(redis::from_redis_value(nodes.clone()).map_err(unavailable)?),
+                }),
+                _ => Err(EngineError::Storage("redis: malformed publish result".into())),
             })
-            .collect())
+            .collect()
     }
 
-    async fn read_streams(&self, streams: &[String], since: Option<u64>) -> Result<Replay, EngineError> {
+    /// One atomic read of several streams' newest seqs and their history after a position each
+    /// (`None`: the newest seq only), with the epoch, so nothing published meanwhile can fall
+    /// between two streams' reads.
+    async fn snapshot(&self, reads: &[(String, Option<u64>)]) -> Result<Snapshot, EngineError> {
         let mut conn = self.conn.clone();
-        let lasts: Vec<Option<u64>> =
-            redis::cmd("HMGET").arg(KEY_LAST).arg(streams).query_async(&mut conn).await.map_err(unavailable)?;
-        let head = lasts.iter().flatten().copied().max().unwrap_or(0);
+        let _: bool = conn.set_nx(KEY_EPOCH, super::memory::new_epoch()).await.map_err(unavailable)?;
+        let mut pipe = redis::pipe();
+        pipe.atomic().get(KEY_EPOCH);
+        for (stream, from) in reads {
+            pipe.get(last_key(stream));
+            if let Some(from) = from {
+                pipe.xrange(history_key(stream), format!("{}-0", from + 1), "+");
+            }
+        }
+        let values: Vec<redis::Value> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        let mut values = values.into_iter();
+        let epoch: Option<String> =
+            values.next().map(redis::from_redis_value).transpose().map_err(unavailable)?.flatten();
+        let mut streams = Vec::with_capacity(reads.len());
+        for (stream, from) in reads {
+            let last: Option<u64> =
+                values.next().map(redis::from_redis_value).transpose().map_err(unavailable)?.flatten();
+            let mut entries = Vec::new();
+            if from.is_some() {
+                let raw: Vec<(String, HashMap<String, String>)> =
+                    values.next().map(redis::from_redis_value).transpose().map_err(unavailable)?.unwrap_or_default();
+                for (_, fields) in raw {
+                    if let Some(entry) = fields.get("e").and_then(|p| Entry::parse(p)) {
+                        entries.push(entry);
+                    }
+                }
+            }
+            streams.push(StreamRead { stream: stream.clone(), last, entries });
+        }
+        Ok(Snapshot { epoch: epoch.unwrap_or_default(), streams })
+    }
+
+    /// A resume's history read, and the streams' newest seqs at the moment of the read.
+    async fn read_streams(
+        &self,
+        streams: &[String],
+        since: Option<u64>,
+    ) -> Result<(Replay, Vec<(String, u64)>), EngineError> {
+        let reads: Vec<(String, Option<u64>)> = streams.iter().map(|s| (s.clone(), since)).collect();
+        let snapshot = self.snapshot(&reads).await?;
+        let lasts: Vec<(String, u64)> =
+            snapshot.streams.iter().map(|s| (s.stream.clone(), s.last.unwrap_or(0))).collect();
+        let head = lasts.iter().map(|(_, last)| *last).max().unwrap_or(0);
         let Some(since) = since else {
-            return Ok(Replay { events: Vec::new(), recovered: true, head });
+            return Ok((Replay { events: Vec::new(), recovered: true, head }, lasts));
         };
-        let trims: Vec<Option<u64>> =
-            redis::cmd("HMGET").arg(KEY_TRIM).arg(streams).query_async(&mut conn).await.map_err(unavailable)?;
         let cutoff = now_rfc3339().1.saturating_sub(self.ttl_ms());
         let mut recovered = true;
         let mut events: Vec<Arc<Event>> = Vec::new();
-        for (i, stream) in streams.iter().enumerate() {
-            let entries: Vec<(String, HashMap<String, String>)> =
-                conn.xrange(format!("wshub:h:{stream}"), format!("{}-0", since + 1), "+").await.map_err(unavailable)?;
-            recovered &= trims[i].is_none_or(|t| since >= t);
-            if entries.is_empty() && lasts[i].is_some_and(|last| last > since) {
-                recovered = false; // the stream expired with events the client has not seen
-            }
-            for (_, fields) in entries {
-                let Some(event) = fields.get("e").and_then(|p| serde_json::from_str::<Event>(p).ok()) else { continue };
-                if event.accepted_ms < cutoff {
+        for read in snapshot.streams {
+            recovered &= read.continues_from(since);
+            for entry in read.entries {
+                if entry.event.accepted_ms < cutoff {
                     recovered = false;
                 } else {
-                    events.push(Arc::new(event));
+                    events.push(entry.event);
                 }
             }
         }
         events.sort_by_key(|e| e.seq);
         events.dedup_by_key(|e| e.seq);
-        Ok(Replay { events, recovered, head })
+        Ok((Replay { events, recovered, head }, lasts))
     }
 
-    /// Waits for the first publisher of `key` (or becomes it). `None`: we are the first.
-    async fn idempotent(&self, key: &str) -> Result<Option<Vec<Published>>, EngineError> {
-        let mut conn = self.conn.clone();
-        let redis_key = format!("wshub:idem:{key}");
-        let deadline = tokio::time::Instant::now() + IDEMPOTENCY_WAIT;
-        loop {
-            let claimed: bool = redis::cmd("SET")
-                .arg(&redis_key)
-                .arg("pending")
-                .arg("NX")
-                .arg("PX")
-                .arg(self.idempotency_ttl.as_millis() as u64)
-                .query_async::<Option<String>>(&mut conn)
-                .await
-                .map_err(unavailable)?
-                .is_some();
-            if claimed {
-                return Ok(None);
-            }
-            let value: Option<String> = conn.get(&redis_key).await.map_err(unavailable)?;
-            match value.as_deref() {
-                Some("pending") | None => {}
-                Some(done) => {
-                    return serde_json::from_str(done).map(Some).map_err(|e| EngineError::Storage(e.to_string()));
-                }
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(EngineError::Unavailable(
-                    "an earlier publish with this idempotency key is still running".into(),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    /// Waits until this node has handed the hub every event up to `lasts`, so the live copy of
+    /// anything a resume read from history reaches the hub before the replay does (the hub then
+    /// skips it) and never after it (a duplicate).
+    async fn reached(&self, lasts: Vec<(String, u64)>) -> Result<(), EngineError> {
+        let (tx, rx) = oneshot::channel();
+        if self.subs.send(SubRequest::Reached(lasts, tx)).is_err() {
+            return Err(EngineError::Stopped);
+        }
+        match tokio::time::timeout(COMMAND_TIMEOUT, rx).await {
+            Ok(Ok(true)) => Ok(()),
+            _ => Err(EngineError::Unavailable("redis pub/sub is behind or not connected".into())),
         }
     }
 
-    async fn publish_once(&self, batch: Vec<NewEvent>, key: Option<String>) -> Result<Vec<Published>, EngineError> {
-        let Some(key) = key else { return self.publish_now(batch).await };
-        if let Some(done) = self.idempotent(&key).await? {
-            return Ok(done);
-        }
-        let redis_key = format!("wshub:idem:{key}");
-        let mut conn = self.conn.clone();
-        match self.publish_now(batch).await {
-            Ok(published) => {
-                let text = serde_json::to_string(&published).map_err(|e| EngineError::Storage(e.to_string()))?;
-                let ttl = self.idempotency_ttl.as_millis() as u64;
-                // The event is published: answer 200 even if its result cannot be recorded (the
-                // key then stays `pending`, and a retry gets 503 rather than a second copy).
-                if let Err(e) = conn.pset_ex::<_, _, ()>(&redis_key, text, ttl).await {
-                    tracing::warn!(error = %e, key = %key, "published, but the idempotency result was not stored");
-                }
-                Ok(published)
-            }
-            Err(e) => {
-                let _: Result<(), _> = conn.del(&redis_key).await;
-                Err(e)
-            }
-        }
-    }
-
-    /// Turns a pub/sub payload into a delivery for the local hub, once per seq: an event matching
-    /// several of this node's streams arrives once per stream, and catch-up may overlap live ones.
-    fn on_message(&self, payload: &str, hub: &HubHandle) {
-        let (Ok(event), Ok(EpochOf { epoch })) =
-            (serde_json::from_str::<Event>(payload), serde_json::from_str(payload))
-        else {
-            tracing::warn!("unreadable event from redis");
-            return;
-        };
-        self.deliver(Arc::new(event), &epoch, hub);
-    }
-
+    /// Hands one event to the local hub (the subscription manager already made sure it is new)
+    /// and keeps it for the receipt counts.
     fn deliver(&self, event: Arc<Event>, epoch: &str, hub: &HubHandle) {
-        if !self.accept(epoch, event.seq) {
-            return;
-        }
+        self.last_seq.fetch_max(event.seq, Ordering::AcqRel);
         if let Ok(mut recent) = self.recent.lock() {
             if recent.len() == RECEIPT_WINDOW {
                 recent.pop_front();
@@ -334,43 +382,6 @@ impl RedisEngine {
         }
         if hub.deliver(vec![Arc::new(Delivery::new(event, epoch))], None).is_err() {
             tracing::debug!("hub stopped; dropping event from redis");
-        }
-    }
-
-    /// After a (re)connect: deliver what was published while this node was not listening. If
-    /// Redis lost its data, that is everything of the new epoch so far. False when Redis could
-    /// not be read: the node then stays unlinked and tries again, rather than skip events.
-    async fn catch_up(&self, interest: &HashSet<String>, hub: &HubHandle) -> bool {
-        let mut conn = self.conn.clone();
-        let epoch = match conn.set_nx::<_, _, bool>(KEY_EPOCH, super::memory::new_epoch()).await {
-            Ok(_) => conn.get::<_, Option<String>>(KEY_EPOCH).await,
-            Err(e) => Err(e),
-        };
-        let epoch = match epoch {
-            Ok(Some(epoch)) => epoch,
-            Ok(None) => return false,
-            Err(e) => {
-                tracing::debug!(error = %e, "catch-up after reconnect: redis not ready");
-                return false;
-            }
-        };
-        self.set_epoch(&epoch);
-        let since = self.last_seq.load(Ordering::Acquire);
-        let streams: Vec<String> = interest.iter().cloned().collect();
-        match self.read_streams(&streams, Some(since)).await {
-            Ok(replay) => {
-                if !replay.events.is_empty() {
-                    tracing::info!(events = replay.events.len(), "caught up on events missed while disconnected");
-                }
-                for event in replay.events {
-                    self.deliver(event, &epoch, hub);
-                }
-                true
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "catch-up after reconnect failed");
-                false
-            }
         }
     }
 
@@ -404,10 +415,15 @@ impl RedisEngine {
             pipe.hincr(&key, "written", *delta).ignore().pexpire(&key, ttl as i64).ignore();
         }
         let (stats, presence) = hub.ask(|reply| Command::Snapshot { reply }).await?;
-        let node_ms = self.node_ttl.as_millis() as u64;
-        let beat = json!({"node": self.node, "stats": stats, "at_ms": now_rfc3339().1});
-        pipe.pset_ex(format!("wshub:node:{}", self.node), beat.to_string(), node_ms).ignore();
-        let presence_key = format!("wshub:presence:{}", self.node);
+        let node_ms = millis(self.node_ttl);
+        let now_ms = now_rfc3339().1;
+        let beat = json!({"node": self.node, "stats": stats, "at_ms": now_ms});
+        pipe.pset_ex(node_key(&self.node), beat.to_string(), node_ms).ignore();
+        // The live-node index: score = when this node's entry expires; stale members go here.
+        pipe.zadd(KEY_NODES, &self.node, now_ms + node_ms).ignore();
+        pipe.zrembyscore(KEY_NODES, "-inf", now_ms).ignore();
+        pipe.pexpire(KEY_NODES, node_ms as i64).ignore();
+        let presence_key = presence_key(&self.node);
         // Atomic, so a reader never sees this node's presence between DEL and HSET.
         pipe.atomic();
         pipe.del(&presence_key).ignore();
@@ -418,14 +434,11 @@ impl RedisEngine {
         pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
     }
 
-    async fn node_keys(&self, pattern: &str) -> Result<Vec<String>, EngineError> {
+    /// Ids of the nodes whose heartbeat has not expired: one read of the node index.
+    async fn live_nodes(&self) -> Result<Vec<String>, EngineError> {
         let mut conn = self.conn.clone();
-        let mut keys = Vec::new();
-        let mut iter: redis::AsyncIter<String> = conn.scan_match(pattern).await.map_err(unavailable)?;
-        while let Some(key) = iter.next().await {
-            keys.push(key.map_err(unavailable)?);
-        }
-        Ok(keys)
+        let now_ms = now_rfc3339().1;
+        conn.zrangebyscore(KEY_NODES, now_ms, "+inf").await.map_err(unavailable)
     }
 }
 
@@ -484,16 +497,19 @@ impl Engine for RedisEngine {
     }
 
     fn publish(&self, batch: Vec<NewEvent>, key: Option<String>) -> BoxFuture<'_, Result<Vec<Published>, EngineError>> {
-        self.publish_once(batch, key).boxed()
+        self.publish_now(batch, key).boxed()
     }
 
     fn replay(&self, streams: Vec<String>, since: Option<u64>) -> BoxFuture<'_, Result<Replay, EngineError>> {
         async move {
-            // Live delivery for these streams must be on before history is read.
-            if !self.sync().await {
+            // Live delivery for these streams must be on before history is read. A link that is
+            // reconnecting gets the command timeout to come back, rather than fail the resume.
+            if !self.linked_within(COMMAND_TIMEOUT).await {
                 return Err(EngineError::Unavailable("redis pub/sub is not connected".into()));
             }
-            self.read_streams(&streams, since).await
+            let (replay, lasts) = self.read_streams(&streams, since).await?;
+            self.reached(lasts).await?;
+            Ok(replay)
         }
         .boxed()
     }
@@ -502,7 +518,7 @@ impl Engine for RedisEngine {
         async move {
             let mut conn = self.conn.clone();
             let entries: Vec<(String, HashMap<String, String>)> = conn
-                .xrange_count(format!("wshub:h:{stream}"), format!("{}-0", since + 1), "+", limit)
+                .xrange_count(history_key(&stream), format!("{}-0", since + 1), "+", limit)
                 .await
                 .map_err(unavailable)?;
             Ok(entries.iter().filter_map(|(_, f)| f.get("e")).filter_map(|p| parse_event(p)).collect())
@@ -578,13 +594,17 @@ impl Engine for RedisEngine {
 
     fn cluster_presence(&self, stream: String) -> BoxFuture<'_, Option<PresenceSnapshot>> {
         async move {
-            let keys = self.node_keys("wshub:presence:*").await.ok()?;
+            let nodes = self.live_nodes().await.ok()?;
+            let mut pipe = redis::pipe();
+            for node in &nodes {
+                pipe.hget(presence_key(node), &stream);
+            }
             let mut conn = self.conn.clone();
+            let entries: Vec<Option<String>> = pipe.query_async(&mut conn).await.ok()?;
             let mut users: HashMap<String, usize> = HashMap::new();
             let mut anonymous = 0;
-            for key in keys {
-                let Ok(Some(text)) = conn.hget::<_, _, Option<String>>(&key, &stream).await else { continue };
-                let Ok(entry) = serde_json::from_str::<PresenceSnapshot>(&text) else { continue };
+            for text in entries.iter().flatten() {
+                let Ok(entry) = serde_json::from_str::<PresenceSnapshot>(text) else { continue };
                 for (user, n) in entry.users {
                     *users.entry(user).or_default() += n;
                 }
@@ -599,16 +619,15 @@ impl Engine for RedisEngine {
 
     fn cluster_nodes(&self) -> BoxFuture<'_, Vec<Value>> {
         async move {
-            let Ok(keys) = self.node_keys("wshub:node:*").await else { return Vec::new() };
-            let mut conn = self.conn.clone();
-            let mut nodes = Vec::new();
-            for key in keys {
-                if let Ok(Some(text)) = conn.get::<_, Option<String>>(&key).await
-                    && let Ok(beat) = serde_json::from_str::<Value>(&text)
-                {
-                    nodes.push(beat);
-                }
+            let Ok(nodes) = self.live_nodes().await else { return Vec::new() };
+            if nodes.is_empty() {
+                return Vec::new();
             }
+            let keys: Vec<String> = nodes.iter().map(|n| node_key(n)).collect();
+            let mut conn = self.conn.clone();
+            let Ok(beats) = conn.mget::<_, Vec<Option<String>>>(&keys).await else { return Vec::new() };
+            let mut nodes: Vec<Value> =
+                beats.iter().flatten().filter_map(|text| serde_json::from_str::<Value>(text).ok()).collect();
             nodes.sort_by(|a, b| a["node"].as_str().cmp(&b["node"].as_str()));
             nodes
         }
@@ -627,4 +646,42 @@ impl Engine for RedisEngine {
 
 fn parse_event(payload: &str) -> Option<Arc<Event>> {
     serde_json::from_str::<Event>(payload).ok().map(Arc::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(seq: u64, targets: &[&str], prev: &[u64]) -> Entry {
+        let targets: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
+        let payload = json!({
+            "seq": seq, "epoch": "e1", "prev": prev, "id": format!("id{seq}"), "type": "t", "message": "",
+            "data": {}, "timestamp": "2026-01-01T00:00:00Z", "targets": targets, "accepted_ms": 1,
+        });
+        Entry::parse(&payload.to_string()).expect("entry parses")
+    }
+
+    fn read(stream: &str, last: Option<u64>, entries: Vec<Entry>) -> StreamRead {
+        StreamRead { stream: stream.into(), last, entries }
+    }
+
+    #[test]
+    fn an_entry_knows_the_previous_seq_of_each_of_its_streams() {
+        let e = entry(9, &["room", "user:a"], &[4, 7]);
+        assert_eq!((e.prev_in("room"), e.prev_in("user:a"), e.prev_in("other")), (4, 7, 0));
+        assert_eq!(e.epoch, "e1");
+    }
+
+    #[test]
+    fn history_continues_from_a_position_only_when_its_first_entry_follows_it() {
+        // room: 4 → 9 → 12, and only [9, 12] is still kept.
+        let full = || read("room", Some(12), vec![entry(9, &["room"], &[4]), entry(12, &["room"], &[9])]);
+        assert!(full().continues_from(4));
+        assert!(full().continues_from(5), "a global position between two of the stream's events");
+        assert!(!full().continues_from(3), "event 4 is gone (trimmed)");
+        // Nothing after the position: complete unless the stream has a newer seq.
+        assert!(read("room", Some(12), vec![]).continues_from(12));
+        assert!(!read("room", Some(12), vec![]).continues_from(10), "expired with unseen events");
+        assert!(read("room", None, vec![]).continues_from(10), "nothing ever published or all expired");
+    }
 }
