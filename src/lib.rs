@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`config`]: the clap configuration (every flag also a `WSHUB_*` variable).
+//! - [`cli`]: the command line around it: the server and the operator subcommands.
 //! - [`namespace`]: per-prefix channel rules from `--config`.
 //! - [`protocol`]: client and server frames, events, close codes.
 //! - [`auth`]: JWT identity, subscribe permissions, the API-key rule.
@@ -20,6 +21,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod engine;
