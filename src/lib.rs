@@ -12,6 +12,7 @@
 //! - [`engine`]: where positions, history and delivery live (`memory`; Redis for clusters).
 //! - [`history`]: per-stream in-memory history.
 //! - [`idempotency`]: once-only publish by key.
+//! - [`json_error`]: JSON errors in the caller's words, never Rust type names.
 //! - [`store`]: durable history on disk for `--data-dir`.
 //! - [`queue`]: a connection's bounded send queue.
 //! - [`metrics`]: Prometheus counters.
@@ -29,6 +30,7 @@ pub mod history;
 pub mod http;
 pub mod hub;
 pub mod idempotency;
+pub mod json_error;
 pub mod metrics;
 pub mod namespace;
 pub mod protocol;
