@@ -22,7 +22,7 @@ if (-not (Test-Path $bin) -or ($newest -and $newest.LastWriteTimeUtc -gt (Get-It
         Write-Host 'start.ps1: sources changed since the last build: rebuilding wshub (release), usually under a minute'
     } else {
         Write-Host 'start.ps1: first start: building wshub in release mode (cargo build --release --bin wshub).'
-        Write-Host '  It compiles wshub and about 240 dependency crates once: MEASURED on 2 cores,'
+        Write-Host '  It compiles wshub and about 240 dependency crates once: about 8 minutes on 2 cores,'
         Write-Host '  less with more cores. Later starts skip this. Progress follows ([done/total]).'
     }
     $watch = [System.Diagnostics.Stopwatch]::StartNew()

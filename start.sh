@@ -20,7 +20,7 @@ if [[ ! -x $bin || -n $(find "${sources[@]}" -newer "$bin" -print -quit) ]]; the
   else
     {
       echo "start.sh: first start: building wshub in release mode (cargo build --release --bin wshub)."
-      echo "  It compiles wshub and about 240 dependency crates once: MEASURED on 2 cores,"
+      echo "  It compiles wshub and about 240 dependency crates once: about 8 minutes on 2 cores,"
       echo "  less with more cores. Later starts skip this. Progress follows ([done/total] on a terminal)."
     } >&2
   fi

@@ -175,14 +175,18 @@ where
 
 /// Rewrites the Go `flag` package's single-dash long flags (`-addr :8080`, `-addr=:8080`) into
 /// clap's `--addr`, for the flags wshub has, so existing systemd units and Dockerfiles start it.
+/// The value of a flag is never rewritten (`--jwt-secret -dev` keeps its secret).
 fn go_style_flags(args: impl Iterator<Item = OsString>, command: &clap::Command) -> Vec<OsString> {
-    let long = |name: &str| command.get_arguments().any(|a| a.get_long() == Some(name));
-    args.map(|arg| match arg.to_str() {
-        Some(s) if s.len() > 2 && s.starts_with('-') && !s.starts_with("--") => {
-            let name = s[1..].split('=').next().unwrap_or_default();
-            if name.len() > 1 && long(name) { OsString::from(format!("-{s}")) } else { arg }
-        }
-        _ => arg,
+    let find = |name: &str| command.get_arguments().find(|a| a.get_long() == Some(name));
+    let mut value_expected = false;
+    args.map(|arg| {
+        let is_value = std::mem::take(&mut value_expected);
+        let Some(s) = arg.to_str().filter(|s| !is_value && s.len() > 2 && s.starts_with('-')) else { return arg };
+        let (dashes, rest) = if let Some(rest) = s.strip_prefix("--") { ("--", rest) } else { ("-", &s[1..]) };
+        let (name, inline_value) = rest.split_once('=').map_or((rest, false), |(name, _)| (name, true));
+        let Some(flag) = find(name) else { return arg };
+        value_expected = !inline_value && flag.get_action().takes_values();
+        if dashes == "-" { OsString::from(format!("-{s}")) } else { arg }
     })
     .collect()
 }
@@ -381,6 +385,12 @@ mod tests {
         assert_eq!(c.config.addr.to_string(), "0.0.0.0:8080");
         let c = cli(&["wshub", "-addr=localhost:9001"]);
         assert_eq!(c.config.addr.to_string(), "127.0.0.1:9001");
+        // A flag's value is never turned into a flag: clap refuses a value that starts with `-`
+        // (write `--jwt-secret=-dev`) rather than it silently becoming `--dev`.
+        assert!(try_parse_from(["wshub", "--jwt-secret", "-dev"]).is_err());
+        assert!(try_parse_from(["wshub", "-jwt-secret", "-dev"]).is_err());
+        let c = cli(&["wshub", "-jwt-secret=-dev", "-addr", ":1"]);
+        assert_eq!((c.config.jwt_secret.as_deref(), c.config.dev), (Some("-dev"), false));
         // Short flags and unknown single-dash words are left to clap.
         assert!(try_parse_from(["wshub", "-coalesce"]).is_err());
         assert!(try_parse_from(["wshub", "-V"]).is_err_and(|e| e.kind() == clap::error::ErrorKind::DisplayVersion));
