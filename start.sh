@@ -16,12 +16,13 @@ done
 # (measured on a 2-core machine: see "Build time" in README.md).
 if [[ ! -x $bin || -n $(find "${sources[@]}" -newer "$bin" -print -quit) ]]; then
   if [[ -x $bin ]]; then
-    echo "start.sh: sources changed since the last build: rebuilding wshub (release), usually under a minute" >&2
+    echo "start.sh: sources changed since the last build: rebuilding wshub (release): only what changed is compiled again" >&2
   else
     {
       echo "start.sh: first start: building wshub in release mode (cargo build --release --bin wshub)."
-      echo "  It compiles wshub and about 240 dependency crates once: about 8 minutes on 2 cores,"
-      echo "  less with more cores. Later starts skip this. Progress follows ([done/total] on a terminal)."
+      echo "  It compiles wshub and about 240 dependency crates once: about 9 CPU-minutes,"
+      echo "  so 5 to 10 minutes on 2 idle cores, less with more. Later starts skip this."
+      echo "  Progress follows (cargo shows [done/total] on a terminal)."
     } >&2
   fi
   started=$SECONDS
