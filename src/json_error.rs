@@ -16,6 +16,14 @@ pub fn describe(err: &serde_json::Error) -> String {
     }
 }
 
+/// [`describe`] with the field it happened in (`path` from serde_path_to_error), when there is one
+/// and serde's message does not already name it.
+pub fn describe_at(path: &str, err: &serde_json::Error) -> String {
+    let text = describe(err);
+    let names_itself = err.to_string().starts_with("unknown field");
+    if !err.is_data() || path == "." || path == "?" || names_itself { text } else { format!("field `{path}`: {text}") }
+}
+
 /// Explains serde_json's terse syntax messages.
 fn syntax_words(text: &str) -> String {
     let words = match text {
@@ -68,6 +76,7 @@ mod tests {
     use super::*;
 
     #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
     #[allow(dead_code)]
     struct Body {
         since: Option<u64>,
@@ -104,5 +113,17 @@ mod tests {
         );
         assert!(cases[2].contains("expected a whole number, 0 or more"), "{}", cases[2]);
         assert!(cases[6].contains("ends too early"), "{}", cases[6]);
+    }
+
+    #[test]
+    fn the_field_is_named_once_and_only_for_data_errors() {
+        let at = |json: &str| {
+            let mut de = serde_json::Deserializer::from_str(json);
+            let err = serde_path_to_error::deserialize::<_, Body>(&mut de).expect_err("invalid");
+            describe_at(&err.path().to_string(), err.inner())
+        };
+        assert_eq!(at(r#"{"since": "x"}"#), "field `since`: got string \"x\", expected a whole number, 0 or more");
+        assert!(at(r#"{"nope": 1}"#).starts_with("unknown field `nope`"), "{}", at(r#"{"nope": 1}"#));
+        assert!(at("{x").starts_with("invalid JSON at line 1, column 2"), "{}", at("{x"));
     }
 }

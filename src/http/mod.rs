@@ -62,9 +62,7 @@ pub(crate) fn json_rejection(rejection: axum::extract::rejection::JsonRejection)
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&rejection);
     while let Some(err) = source {
         if let Some(at) = err.downcast_ref::<serde_path_to_error::Error<serde_json::Error>>() {
-            let text = crate::json_error::describe(at.inner());
-            let path = at.path().to_string();
-            return ApiError::new(status, if path == "." { text } else { format!("field `{path}`: {text}") });
+            return ApiError::new(status, crate::json_error::describe_at(&at.path().to_string(), at.inner()));
         }
         if let Some(json) = err.downcast_ref::<serde_json::Error>() {
             return ApiError::new(status, crate::json_error::describe(json));

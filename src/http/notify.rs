@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 use super::ApiError;
 use crate::app::AppState;
 use crate::engine::{NewEvent, Published};
-use crate::json_error::describe;
+use crate::json_error::{describe, describe_at};
 use crate::metrics::namespace_of;
 use crate::protocol::{empty_object, validate_channel};
 
@@ -188,15 +188,10 @@ pub(crate) fn parse_one(json: &[u8]) -> Result<Accepted, ApiError> {
     let body: NotifyBody = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        if inner.is_data() && inner.to_string().starts_with("unknown field") {
-            // serde names the field and lists the known ones.
-            ApiError::bad_request(describe(&inner))
-        } else if inner.is_data() && path != "." {
-            ApiError::bad_request(format!("field `{path}`: {}", describe(&inner)))
-        } else if inner.is_data() {
+        if inner.is_data() && path == "." {
             ApiError::bad_request(format!("body must be a JSON object (or an array of them): {}", describe(&inner)))
         } else {
-            ApiError::bad_request(describe(&inner))
+            ApiError::bad_request(describe_at(&path, &inner))
         }
     })?;
     let kind = match body.kind {
