@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need (redis-server,
-# Debian's chromium, the browser-test npm packages), then runs lint, Rust unit and integration
-# tests, the Python helper tests against a real hub, and the headless-browser tests.
+# Debian's chromium, nginx, the browser-test npm packages), then runs lint, Rust unit and integration
+# tests, the Python helper and example tests (Django, FastAPI, nginx) against real hubs, and the
+# headless-browser tests.
 # Fails loudly (never skips) when something cannot be installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,7 @@ need_pkg chromium chromium
 need_pkg node nodejs
 need_pkg npm npm
 need_pkg python3 python3
+need_pkg nginx nginx
 
 say "Python test clients (pinned, into .deps/python)"
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --upgrade \
@@ -42,7 +44,7 @@ cargo build --locked --bins --examples
 say "Rust unit and integration tests"
 cargo test --locked --all-targets
 
-say "Python helper tests (against a real hub)"
+say "Python helper and example tests (against real hubs)"
 WSHUB_BIN="$PWD/target/debug/wshub" python3 -m unittest discover -s tests/python -v
 
 say "browser tests (headless Debian chromium)"

@@ -15,8 +15,9 @@ use crate::namespace::Namespaces;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "wshub", version, about = "Real-time notification hub: POST /notify, clients on /ws")]
 pub struct Config {
-    /// Address to listen on.
-    #[arg(long, env = "WSHUB_ADDR", default_value = "0.0.0.0:8080")]
+    /// Address to listen on: `host:port`, `:port` (all interfaces, as in Go), `[::]:port`,
+    /// `localhost:port` or a bare port.
+    #[arg(long, env = "WSHUB_ADDR", default_value = "0.0.0.0:8080", value_parser = parse_addr)]
     pub addr: SocketAddr,
 
     /// How often the server pings each client.
@@ -178,6 +179,36 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (write durations like 54s, 500ms, 5m)"))
 }
 
+/// Parses a listen address in every form a Go or Node server accepts: `0.0.0.0:8080`,
+/// `[::]:8080`, `:8080` and `*:8080` (all IPv4 interfaces, like the Go hub's `-addr :8080`), a bare
+/// `8080`, and a host name such as `localhost:8080` (resolved once, IPv4 preferred).
+pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let (host, port) = match s.rsplit_once(':') {
+        Some((host, port)) => (host, port),
+        None => ("", s),
+    };
+    let port: u16 = port.parse().map_err(|_| {
+        format!("{s:?} is not an address: write host:port, :port or a port, like 0.0.0.0:8080, :8080 or 127.0.0.1:0")
+    })?;
+    if host.is_empty() || host == "*" {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let resolved: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .map_err(|e| format!("cannot resolve {host:?} in {s:?}: {e}"))?
+        .collect();
+    resolved
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| resolved.first())
+        .copied()
+        .ok_or_else(|| format!("{host:?} in {s:?} resolves to no address"))
+}
+
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -298,6 +329,22 @@ mod tests {
         assert_eq!(c.write_timeout, Duration::from_secs(10));
         assert_eq!(c.max_message_bytes, 512);
         assert_eq!(c.send_queue, 256);
+    }
+
+    #[test]
+    fn addr_accepts_every_go_and_node_form() {
+        let addr = |s: &str| Config::try_parse_from(["wshub", "--addr", s]).map(|c| c.addr.to_string());
+        assert_eq!(addr(":8080").expect(":8080"), "0.0.0.0:8080");
+        assert_eq!(addr("*:8080").expect("*:8080"), "0.0.0.0:8080");
+        assert_eq!(addr("8080").expect("bare port"), "0.0.0.0:8080");
+        assert_eq!(addr("localhost:8080").expect("localhost"), "127.0.0.1:8080");
+        assert_eq!(addr("[::]:8080").expect("[::]"), "[::]:8080");
+        assert_eq!(addr("[::1]:9000").expect("[::1]"), "[::1]:9000");
+        assert_eq!(addr("0.0.0.0:8080").expect("0.0.0.0"), "0.0.0.0:8080");
+        assert_eq!(addr("127.0.0.1:0").expect("port 0"), "127.0.0.1:0");
+        let err = addr("localhost:http").expect_err("named port").to_string();
+        assert!(err.contains(":8080"), "{err}");
+        assert!(addr("0.0.0.0:99999").is_err());
     }
 
     #[test]

@@ -447,7 +447,12 @@ where
     sink.flush().await
 }
 
-/// Counts written events for receipts, and samples latency once per write.
+/// Live events in one write above which latencies are gathered locally and added to the shared
+/// histogram at once (a few atomic adds instead of four per event).
+const LOCAL_LATENCY_BATCH: usize = 4;
+
+/// Counts written events for receipts, and observes the delivery latency of each live event once
+/// (replays are not observed: see `Delivery::received`).
 fn count_written(batch: &[Outbound], metrics: &Metrics, shared: &ConnShared) {
     let events = || {
         batch.iter().filter_map(|item| match item {
@@ -455,8 +460,18 @@ fn count_written(batch: &[Outbound], metrics: &Metrics, shared: &ConnShared) {
             _ => None,
         })
     };
-    let Some(first) = events().next() else { return };
-    metrics.delivery_latency.observe(first.received.elapsed().as_secs_f64());
+    if events().next().is_none() {
+        return;
+    }
+    let now = std::time::Instant::now();
+    let latencies = events().filter_map(|d| d.received).map(|at| now.saturating_duration_since(at).as_secs_f64());
+    if events().filter(|d| d.received.is_some()).nth(LOCAL_LATENCY_BATCH).is_some() {
+        let local = metrics.delivery_latency.local();
+        latencies.for_each(|s| local.observe(s));
+        local.flush();
+    } else {
+        latencies.for_each(|s| metrics.delivery_latency.observe(s));
+    }
     for delivery in events() {
         delivery.event.receipt.written.fetch_add(1, Ordering::Relaxed);
     }
@@ -572,7 +587,7 @@ impl Reader {
             Err(err) => {
                 let code =
                     if serde_json::from_str::<serde_json::Value>(text).is_ok() { "bad_message" } else { "bad_json" };
-                return self.send(error_frame(code, &err.to_string(), None));
+                return self.send(error_frame(code, &crate::json_error::describe(&err), None));
             }
         };
         match message {
@@ -700,6 +715,9 @@ impl Reader {
                 if let (Some((kind, message, data)), Some(p)) = (copy, published.first()) {
                     self.forward(&channel, p, &kind, &message, &data);
                 }
+                // Counted like `/notify` publishes, so every publish route is in the metric.
+                let namespace = crate::metrics::namespace_label(&channel, &self.app.config.namespaces);
+                self.app.metrics.events_by_namespace.with_label_values(&[namespace]).inc();
                 let id = published.first().map(|p| p.id.clone());
                 self.send(to_frame(&json!({"type": "hub:published", "channel": channel, "id": id})));
             }

@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`config`]: the clap configuration (every flag also a `WSHUB_*` variable).
+//! - [`cli`]: the command line around it: the server and the operator subcommands.
 //! - [`namespace`]: per-prefix channel rules from `--config`.
 //! - [`protocol`]: client and server frames, events, close codes.
 //! - [`auth`]: JWT identity, subscribe permissions, the API-key rule.
@@ -12,6 +13,7 @@
 //! - [`history`]: per-stream in-memory history.
 //! - [`idempotency`]: once-only publish by key.
 //! - [`limits`]: connection limits and the `/notify` rate per address.
+//! - [`json_error`]: JSON errors in the caller's words, never Rust type names.
 //! - [`store`]: durable history on disk for `--data-dir`.
 //! - [`queue`]: a connection's bounded send queue.
 //! - [`metrics`]: Prometheus counters.
@@ -24,6 +26,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod engine;
@@ -32,6 +35,7 @@ pub mod http;
 pub mod hub;
 pub mod idempotency;
 pub mod limits;
+pub mod json_error;
 pub mod metrics;
 pub mod namespace;
 pub mod protocol;

@@ -1,5 +1,6 @@
 //! Process-wide counters and gauges, exported in Prometheus text format by the `prometheus`
-//! crate. Hot paths touch them once per event or connection, never once per delivery.
+//! crate. Hot paths touch them once per event or connection; the one per-delivery metric, the
+//! latency histogram, is gathered locally per socket write when a write carries several events.
 
 use crate::namespace::Namespaces;
 use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
@@ -29,7 +30,8 @@ pub struct Metrics {
     pub channels: IntGauge,
     /// Bytes of history held.
     pub history_bytes: IntGauge,
-    /// Seconds from publish accepted to frame written to the socket.
+    /// Seconds from publish accepted (or received from Redis) to frame written to the socket, one
+    /// sample per live event written (replays are not observed).
     pub delivery_latency: Histogram,
     /// Webhook requests answered with a 2xx.
     pub webhooks_sent: IntCounter,
@@ -76,8 +78,11 @@ impl Metrics {
         let channels = IntGauge::new("wshub_channels", "Streams with local subscribers")?;
         let history_bytes = IntGauge::new("wshub_history_bytes", "Bytes of event history held")?;
         let delivery_latency = Histogram::with_opts(
-            HistogramOpts::new("wshub_delivery_latency_seconds", "Publish accepted to frame written to the socket")
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            HistogramOpts::new(
+                "wshub_delivery_latency_seconds",
+                "Publish accepted to frame written to the socket, one sample per live event written",
+            )
+            .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
         )?;
         let webhooks_sent = IntCounter::new("wshub_webhooks_sent_total", "Webhook requests answered with a 2xx")?;
         let webhooks_failed =

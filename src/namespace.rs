@@ -64,7 +64,7 @@ impl Namespaces {
 
     /// Parses namespace TOML.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let parsed: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+        let parsed: Self = toml::from_str(text).map_err(|e| one_line(&e, text))?;
         for ns in &parsed.list {
             if ns.prefix.is_empty() {
                 return Err("a namespace has an empty prefix".into());
@@ -79,6 +79,21 @@ impl Namespaces {
     /// The namespace a channel belongs to (longest prefix), if any.
     pub fn find(&self, channel: &str) -> Option<&Namespace> {
         self.list.iter().filter(|ns| channel.starts_with(&ns.prefix)).max_by_key(|ns| ns.prefix.len())
+    }
+}
+
+/// A TOML error as one line with its position (the crate's own text draws a multi-line snippet,
+/// which breaks the one-line startup error).
+fn one_line(err: &toml::de::Error, text: &str) -> String {
+    let message = err.message().trim().replace('\n', "; ");
+    match err.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
     }
 }
 

@@ -287,20 +287,21 @@ pub struct Delivery {
     pub event: Arc<Event>,
     /// One frame per entry of `event.targets`, in the same order.
     pub frames: Vec<Utf8Bytes>,
-    /// When this process got the event, for the delivery-latency histogram.
-    pub received: std::time::Instant,
+    /// When this process accepted the event (or got it from Redis), for the delivery-latency
+    /// histogram; `None` for a replayed event, whose delay is the client's absence, not the hub's.
+    pub received: Option<std::time::Instant>,
 }
 
 impl Delivery {
     /// Serializes the frames of `event` for each of its targets.
     pub fn new(event: Arc<Event>, epoch: &str) -> Self {
         let frames = event.targets.iter().map(|t| event.frame(t, epoch)).collect();
-        Self { event, frames, received: std::time::Instant::now() }
+        Self { event, frames, received: Some(std::time::Instant::now()) }
     }
 
     /// A delivery with one already serialized frame (a replayed event), at index 0.
     pub fn with_frame(event: Arc<Event>, frame: Utf8Bytes) -> Self {
-        Self { event, frames: vec![frame], received: std::time::Instant::now() }
+        Self { event, frames: vec![frame], received: None }
     }
 }
 

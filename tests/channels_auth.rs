@@ -794,6 +794,8 @@ async fn client_publish_reaches_other_subscribers_with_the_senders_user_and_not_
     assert_eq!(ok["type"], "hub:published", "{ok}");
     assert_eq!(ok["channel"], "chat:room1");
     let id = ok["id"].as_str().expect("id").to_string();
+    let metrics = reqwest::get(hub.url("/metrics")).await.expect("GET /metrics").text().await.expect("text");
+    assert!(metrics.contains("wshub_events_published_total{namespace=\"chat\"} 1"), "client publishes are counted");
     for c in [&mut bob, &mut carol] {
         let ev = c.next_event().await;
         assert_eq!(ev["id"], id.as_str());

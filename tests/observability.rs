@@ -275,6 +275,63 @@ async fn metrics_parse_and_count_what_the_test_did() {
     hub.stop().await;
 }
 
+/// Scrapes until `metric` (without labels) reaches `expected`.
+async fn metric_reaches(hub: &TestHub, metric: &str, expected: f64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let got = value(&scrape(hub).await, metric, &[]);
+        if got == expected {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{metric} is {got}, expected {expected}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn compat_publishes_are_counted_and_latency_has_one_sample_per_live_delivery() {
+    let hub = keyed_hub(&[]).await;
+    let mut alice = hub.client_at(&format!("/ws?token={}", tok("alice", &[]))).await;
+    let mut anon = hub.client().await;
+    notify_keyed(&hub, json!({"type": "n1"})).await;
+    notify_keyed(&hub, json!({"type": "n2"})).await;
+    for (path, body) in [
+        ("/api/dashboard/emit-event", json!({"type": "c1", "data": {}})),
+        ("/api/dashboard/emit-event", json!({"type": "c2"})),
+        ("/api/dashboard/notify-user", json!({"userId": "alice", "event": "c3", "payload": {}})),
+    ] {
+        let (status, answer) = post_json(&hub.url(path), &body, &[AUTH]).await;
+        assert_eq!(status, 202, "{path}: {answer}");
+    }
+    let (status, _) = post_json(&hub.url("/api/dashboard/emit-event"), &json!({"data": {}}), &[AUTH]).await;
+    assert_eq!(status, 400);
+    for kind in ["n1", "n2", "c1", "c2", "c3"] {
+        assert_eq!(alice.next_event().await["type"], kind);
+    }
+    for kind in ["n1", "n2", "c1", "c2"] {
+        assert_eq!(anon.next_event().await["type"], kind);
+    }
+    // 4 broadcasts to 2 clients and 1 event to alice: 9 live deliveries, 9 samples.
+    metric_reaches(&hub, "wshub_delivery_latency_seconds_count", 9.0).await;
+    let m = scrape(&hub).await;
+    assert_eq!(value(&m, "wshub_events_published_total", &[("namespace", "broadcast")]), 4.0);
+    assert_eq!(value(&m, "wshub_events_published_total", &[("namespace", "user")]), 1.0);
+    assert_eq!(value(&m, "wshub_publish_rejected_total", &[("reason", "invalid")]), 1.0);
+
+    // A resume replays 4 events: history, not delivery latency, so no new samples.
+    let epoch = anon.hello["epoch"].as_str().expect("epoch").to_string();
+    let mut back = hub.client_at(&format!("/ws?since=0&epoch={epoch}")).await;
+    for kind in ["n1", "n2", "c1", "c2"] {
+        assert_eq!(back.next_event().await["type"], kind);
+    }
+    notify_keyed(&hub, json!({"type": "n3"})).await;
+    for client in [&mut alice, &mut anon, &mut back] {
+        assert_eq!(client.next_event().await["type"], "n3");
+    }
+    metric_reaches(&hub, "wshub_delivery_latency_seconds_count", 12.0).await;
+    hub.stop().await;
+}
+
 #[tokio::test]
 async fn events_clients_and_channels_list_the_live_hub() {
     let hub = keyed_hub(&[]).await;

@@ -162,7 +162,7 @@ async fn disconnect(
     State(app): State<Arc<AppState>>,
     body: Result<Json<DisconnectBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(body) = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let Json(body) = body.map_err(super::json_rejection)?;
     if body.client_id.is_none() && body.user.is_none() {
         return Err(ApiError::bad_request("give `client_id` or `user`"));
     }
@@ -195,7 +195,7 @@ async fn dev_token(
             "POST /dev/token exists only with --dev, --jwt-secret and a loopback --addr",
         ));
     };
-    let Json(body) = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let Json(body) = body.map_err(super::json_rejection)?;
     let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
         + body.ttl_s.unwrap_or(3600);
     let claims =

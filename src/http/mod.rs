@@ -58,6 +58,22 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A rejected JSON body in the caller's words (axum's own text names the Rust type it wanted).
+pub(crate) fn json_rejection(rejection: axum::extract::rejection::JsonRejection) -> ApiError {
+    let status = rejection.status();
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&rejection);
+    while let Some(err) = source {
+        if let Some(at) = err.downcast_ref::<serde_path_to_error::Error<serde_json::Error>>() {
+            return ApiError::new(status, crate::json_error::describe_at(&at.path().to_string(), at.inner()));
+        }
+        if let Some(json) = err.downcast_ref::<serde_json::Error>() {
+            return ApiError::new(status, crate::json_error::describe(json));
+        }
+        source = err.source();
+    }
+    ApiError::new(status, rejection.body_text())
+}
+
 impl From<ApiKeyError> for ApiError {
     fn from(err: ApiKeyError) -> Self {
         let status = match err {

@@ -19,6 +19,7 @@ use super::ApiError;
 use crate::app::AppState;
 use crate::engine::{NewEvent, Published};
 use crate::idempotency::validate_key;
+use crate::json_error::{describe, describe_at};
 use crate::metrics::namespace_label;
 use crate::protocol::{empty_object, validate_channel};
 use crate::webhook::Notification;
@@ -225,7 +226,8 @@ impl Unread {
     }
 }
 
-fn count_namespaces(app: &AppState, event: &NewEvent) {
+/// Counts an accepted event in `wshub_events_published_total` (every publish route calls it).
+pub(crate) fn count_namespaces(app: &AppState, event: &NewEvent) {
     if event.targets.is_empty() {
         app.metrics.events_broadcast.inc();
     }
@@ -268,7 +270,7 @@ fn parse_body(body: &[u8]) -> Result<(Vec<Accepted>, bool), ApiError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first == Some(&b'[') {
         let items: Vec<Box<RawValue>> =
-            serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+            serde_json::from_slice(body).map_err(|e| ApiError::bad_request(describe(&e)))?;
         if items.is_empty() {
             return Err(ApiError::bad_request("empty batch: send at least one notification"));
         }
@@ -294,12 +296,10 @@ pub(crate) fn parse_one(json: &[u8]) -> Result<Accepted, ApiError> {
     let body: NotifyBody = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        if inner.is_data() && path != "." {
-            ApiError::bad_request(format!("field `{path}`: {inner}"))
-        } else if inner.is_data() {
-            ApiError::bad_request(format!("body must be a JSON object (or an array of them): {inner}"))
+        if inner.is_data() && path == "." {
+            ApiError::bad_request(format!("body must be a JSON object (or an array of them): {}", describe(&inner)))
         } else {
-            ApiError::bad_request(format!("invalid JSON: {inner}"))
+            ApiError::bad_request(describe_at(&path, &inner))
         }
     })?;
     de.end().map_err(|e| ApiError::bad_request(format!("invalid JSON: bytes after the notification ({e})")))?;
@@ -476,6 +476,21 @@ mod tests {
         assert!(err(r#"{"type":"t","channel":"bad name"}"#).contains("`channel`"));
         assert!(err(r#"[{"type":"t"},{"type":""}]"#).starts_with("item 1:"));
         assert!(err("not json").contains("invalid JSON"));
+        assert_eq!(
+            err("5"),
+            "body must be a JSON object (or an array of them): got integer `5`, expected a JSON object"
+        );
+        assert!(
+            err("not json").starts_with("invalid JSON at line 1, column 2: expected a value"),
+            "{}",
+            err("not json")
+        );
+        assert!(err(r#"{"type":"t","idempotency_key":5}"#).contains("got integer `5`, expected a string"));
+        assert!(
+            err(r#"{"type":"t","users":"1"}"#).starts_with("unknown field `users`"),
+            "{}",
+            err(r#"{"type":"t","users":"1"}"#)
+        );
         assert!(err("[]").contains("empty batch"));
         assert!(err(r#"{"type":"t","user":[]}"#).contains("empty list"));
         assert!(err(r#"{"type":"t","exclude_client":5}"#).contains("`exclude_client`"));

@@ -109,6 +109,26 @@ test('(a2) wshub.mjs: ES module entry exports the same Wshub', async () => {
 });
 
 // ---------------------------------------------------------------------------------------------
+test('(a3) test page shows who it is connected as, and explains --dev next to minting', async () => {
+  const h = await hub({ name: 'a3', dev: true });
+  const { page: pg, errors } = await page(h);
+  await waitState(pg, 'connected');
+  assert.equal((await pg.textContent('#identity-user')).trim(), 'anonymous');
+  assert.match(await pg.textContent('#dev-hint'), /--dev/);
+  await pg.fill('#dev-sub', 'alice');
+  await pg.fill('#dev-role', 'staff');
+  await pg.click('#mint-token');
+  await pg.waitForFunction(() => document.querySelector('#identity-user').textContent === 'user alice', null, { timeout: 5000 });
+  assert.equal((await pg.textContent('#identity-roles')).trim(), 'staff');
+  await pg.fill('#channel', 'room-9');
+  await pg.click('#subscribe-btn');
+  await pg.waitForFunction(() => /room-9/.test(document.querySelector('#identity-channels').textContent), null, { timeout: 5000 });
+  const channels = (await pg.textContent('#identity-channels')).split(', ');
+  for (const ch of ['user:alice', 'role:staff', 'room-9']) assert.ok(channels.includes(ch), `${ch} in ${channels}`);
+  assert.deepEqual(errors, []);
+});
+
+// ---------------------------------------------------------------------------------------------
 test('(b) resume across a hub restart with --data-dir: missed events once, no duplicates', async (t) => {
   assert.ok(hubSupports('--data-dir'), 'wshub --help does not list --data-dir');
   const dev = hubSupports('--dev');

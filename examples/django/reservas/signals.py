@@ -1,7 +1,8 @@
 """Django signal handlers that notify wshub when models are saved.
 
-Put this in your app (e.g. ``tours/signals.py``), import it from ``AppConfig.ready()``, and make
-scripts/websocket_client.py importable. Set WSHUB_URL (and WSHUB_API_KEY if the hub has one).
+Imported from ``ReservasConfig.ready()`` (apps.py); scripts/websocket_client.py is on the path
+(manage.py puts it there; in your project, copy the file). Set WSHUB_URL (default
+http://localhost:8080) and WSHUB_API_KEY if the hub has one.
 
 Signals run in synchronous code, so these use the sync ``notify``; ``transaction.on_commit`` sends
 the event only once the row is really saved (never for a rolled-back transaction).

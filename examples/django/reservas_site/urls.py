@@ -1,0 +1,3 @@
+"""No pages: the example publishes from signals and from `manage.py notify_hub`."""
+
+urlpatterns: list = []
