@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::hub::HubHandle;
 use crate::metrics::Metrics;
+use crate::queue::QueueLimits;
 use crate::stats::Sampler;
 
 /// Everything a handler or connection needs, behind one `Arc`.
@@ -33,4 +34,6 @@ pub struct AppState {
     pub connections: TaskTracker,
     /// Per-second samples for `/stats` and the dashboard.
     pub sampler: Sampler,
+    /// Byte limits of every connection's send queue.
+    pub queue_limits: Arc<QueueLimits>,
 }

@@ -23,7 +23,7 @@ use crate::engine::NewEvent;
 use crate::hub::{Command, ConnId, NewConn, Outbound, Resume};
 use crate::metrics::Metrics;
 use crate::protocol::{ClientMessage, CloseReason, error_frame, now_rfc3339, to_frame, validate_channel};
-use crate::queue::{PushError, SendQueue};
+use crate::queue::{PushError, QueueLimits, SendQueue};
 
 /// The keep-alive and write timings of a connection.
 #[derive(Debug, Clone, Copy)]
@@ -52,8 +52,10 @@ where
     }
 }
 
-/// Most frames the writer sends with one flush.
+/// Most frames the writer sends with one flush ...
 const MAX_BATCH: usize = 64;
+/// ... and most bytes (or one frame, if larger): what a connection holds outside its queue.
+const MAX_BATCH_BYTES: usize = 64 * 1024;
 /// Client frames a connection may send per second on average ...
 const FRAMES_PER_S: f64 = 50.0;
 /// ... and in a burst (a page resubscribing many channels after a reconnect).
@@ -82,9 +84,9 @@ pub struct ConnShared {
 }
 
 impl ConnShared {
-    fn new(queue_capacity: usize) -> Self {
+    fn new(limits: Arc<QueueLimits>) -> Self {
         Self {
-            queue: SendQueue::new(queue_capacity),
+            queue: SendQueue::new(limits),
             stopped: AtomicBool::new(false),
             wake: Notify::new(),
             reason: AtomicU16::new(0),
@@ -206,7 +208,7 @@ async fn serve_inner(
     if let Some(user) = &identity.user {
         tracing::Span::current().record("user", user.as_str());
     }
-    let shared = Arc::new(ConnShared::new(app.config.send_queue as usize));
+    let shared = Arc::new(ConnShared::new(Arc::clone(&app.queue_limits)));
     let identity = identity.shared();
     let new = NewConn { id, identity: Arc::clone(&identity), shared: Arc::clone(&shared), remote, resume };
     if !app.hub.send(Command::Register(new)).await {
@@ -358,23 +360,21 @@ where
     let timer = sleep_until(keep_alive.next_wake(shared.last_heard()));
     tokio::pin!(timer);
     let mut batch: Vec<Outbound> = Vec::new();
-    let mut queued: Vec<Outbound> = Vec::new();
     let stopping = shared.stopping();
     tokio::pin!(stopping);
     loop {
         let result = tokio::select! {
             biased;
             _ = &mut stopping => break,
-            more = shared.queue.pop_into(&mut queued, MAX_BATCH) => {
+            more = shared.queue.pop_into(&mut batch, MAX_BATCH, MAX_BATCH_BYTES) => {
                 if !more {
                     break;
                 }
-                batch.clear();
-                queued.drain(..).for_each(|out| collect(&mut batch, out));
                 let sent = bounded(timing.write_timeout, send_all(&mut sink, &batch)).await;
                 if sent.is_ok() {
                     count_written(&batch, &metrics, &shared);
                 }
+                batch.clear();
                 sent
             }
             () = &mut timer => {
@@ -403,19 +403,10 @@ where
         // unless the reason is that the client does not read them.
         if reason != CloseReason::SlowConsumer {
             batch.clear();
-            queued.clear();
-            shared.queue.take_into(&mut queued, usize::MAX);
-            queued.drain(..).for_each(|out| collect(&mut batch, out));
+            shared.queue.take_all(&mut batch);
             let _ = timeout(CLOSE_WAIT, send_all(&mut sink, &batch)).await;
         }
         let _ = timeout(CLOSE_WAIT, sink.send(close_message(reason))).await;
-    }
-}
-
-fn collect(batch: &mut Vec<Outbound>, out: Outbound) {
-    match out {
-        Outbound::Batch(items) => items.into_iter().for_each(|item| collect(batch, item)),
-        item => batch.push(item),
     }
 }
 
@@ -426,8 +417,8 @@ where
     for item in batch {
         let frame = match item {
             Outbound::Frame(frame) => Utf8Bytes::clone(frame),
-            Outbound::Event(delivery, index) => delivery.frames[*index as usize].clone(),
-            Outbound::Batch(_) => continue,
+            // Serialized here, by the writer, unless another connection already did it.
+            Outbound::Event(delivery, index) | Outbound::Replayed(delivery, index) => delivery.take_frame(*index),
         };
         sink.feed(Message::Text(frame)).await?;
     }
@@ -436,14 +427,14 @@ where
 
 /// Counts written events for receipts, and samples latency once per write.
 fn count_written(batch: &[Outbound], metrics: &Metrics, shared: &ConnShared) {
-    let events = || {
-        batch.iter().filter_map(|item| match item {
-            Outbound::Event(delivery, _) => Some(delivery),
-            _ => None,
-        })
-    };
-    let Some(first) = events().next() else { return };
-    metrics.delivery_latency.observe(first.received.elapsed().as_secs_f64());
+    let events = || batch.iter().filter_map(|item| item.delivery().map(|(delivery, _)| delivery));
+    let live = batch.iter().find_map(|item| match item {
+        Outbound::Event(delivery, _) => Some(delivery),
+        _ => None,
+    });
+    if let Some(first) = live {
+        metrics.delivery_latency.observe(first.received.elapsed().as_secs_f64());
+    }
     for delivery in events() {
         delivery.event.receipt.written.fetch_add(1, Ordering::Relaxed);
     }
@@ -700,7 +691,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_client_that_answers_pings_stays_connected_for_ten_minutes_at_default_timings() {
-        let shared = Arc::new(ConnShared::new(16));
+        let shared = Arc::new(ConnShared::new(crate::queue::test_limits(1 << 20)));
         let opened = Instant::now();
         let mut socket = spawn_writer(&shared);
         let mut pings = Vec::new();
@@ -720,7 +711,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_client_is_pinged_at_54s_then_dropped_with_4005_at_60s() {
-        let shared = Arc::new(ConnShared::new(16));
+        let shared = Arc::new(ConnShared::new(crate::queue::test_limits(1 << 20)));
         let opened = Instant::now();
         let mut socket = spawn_writer(&shared);
         let first = socket.recv().await.expect("a ping");
@@ -734,7 +725,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn any_frame_from_the_client_moves_the_silence_deadline() {
-        let shared = Arc::new(ConnShared::new(16));
+        let shared = Arc::new(ConnShared::new(crate::queue::test_limits(1 << 20)));
         let opened = Instant::now();
         let mut socket = spawn_writer(&shared);
         // The client talks at 50 s but ignores the pings at 54 s and 108 s: dropped 60 s after

@@ -12,7 +12,7 @@
 //! - [`history`]: per-stream in-memory history.
 //! - [`idempotency`]: once-only publish by key.
 //! - [`store`]: durable history on disk for `--data-dir`.
-//! - [`queue`]: a connection's bounded send queue.
+//! - [`queue`]: a connection's send queue, bounded in bytes.
 //! - [`metrics`]: Prometheus counters.
 //! - [`stats`]: per-second samples for `/stats` and the live dashboard.
 //! - [`http`]: the router and handlers.
@@ -90,6 +90,18 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
     let actor = Hub::new(hub.clone(), Arc::clone(&engine), Arc::clone(&metrics), config.namespaces.clone());
     let hub_task = tokio::spawn(actor.run(inbox));
     let shutdown_timeout = config.shutdown_timeout;
+    if let Some(frames) = config.send_queue {
+        tracing::warn!(
+            frames,
+            "--send-queue (WSHUB_SEND_QUEUE) is deprecated and ignored: send queues are bounded in bytes by --max-queue-bytes"
+        );
+    }
+    let queue_limits = Arc::new(queue::QueueLimits::new(
+        usize::try_from(config.max_queue_bytes).unwrap_or(usize::MAX),
+        config.max_body_bytes as usize,
+        config.write_timeout,
+        metrics.queue_bytes.clone(),
+    ));
     let app = Arc::new(AppState {
         config,
         hub: hub.clone(),
@@ -100,6 +112,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
         shutdown: shutdown.clone(),
         connections: TaskTracker::new(),
         sampler: stats::Sampler::default(),
+        queue_limits,
     });
     tokio::spawn(stats::run(Arc::clone(&app)));
     let router = http::router(Arc::clone(&app));

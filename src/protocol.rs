@@ -1,8 +1,8 @@
 //! The wire protocol: client frames, server control frames, notifications and close codes.
 //! docs/PROTOCOL.md is the reference; this module is its code.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use axum::extract::ws::Utf8Bytes;
 use serde::{Deserialize, Serialize};
@@ -183,6 +183,10 @@ pub struct Event {
     /// Delivery receipt counters (local to this process).
     #[serde(skip)]
     pub receipt: Receipt,
+    /// The delivery currently carrying this event's frames, so a replay shares them with live
+    /// recipients and with other replays instead of serializing its own copies.
+    #[serde(skip)]
+    pub delivery: Mutex<Weak<Delivery>>,
 }
 
 /// How far an event got: connections it was written to and acknowledged by.
@@ -237,7 +241,11 @@ struct EventFrame<'a> {
 impl Event {
     /// Serializes the client frame for delivery through `channel`.
     pub fn frame(&self, channel: &str, epoch: &str) -> Utf8Bytes {
-        let frame = EventFrame {
+        to_frame(&self.frame_fields(channel, epoch))
+    }
+
+    fn frame_fields<'a>(&'a self, channel: &'a str, epoch: &'a str) -> EventFrame<'a> {
+        EventFrame {
             id: &self.id,
             kind: &self.kind,
             message: &self.message,
@@ -247,8 +255,7 @@ impl Event {
             seq: self.seq,
             epoch,
             from: self.from.as_deref(),
-        };
-        to_frame(&frame)
+        }
     }
 
     /// Approximate heap bytes held by this event (for history accounting).
@@ -264,28 +271,142 @@ impl Event {
     }
 }
 
-/// An event with its frames serialized once per target stream.
+/// An event with its frames, one per target stream, serialized when first needed and shared
+/// by every recipient of that stream. A frame is kept only while more than one queued item
+/// still needs it: a publish to 1,000 users, each with one connection, never holds 1,000 frames
+/// at once, and a target with no local recipient is never serialized.
 #[derive(Debug)]
 pub struct Delivery {
     /// The event.
     pub event: Arc<Event>,
-    /// One frame per entry of `event.targets`, in the same order.
-    pub frames: Vec<Utf8Bytes>,
+    /// The epoch written into the frames.
+    epoch: Box<str>,
+    /// One slot per entry of `event.targets`, in the same order.
+    slots: Box<[FrameSlot]>,
+    /// Frame length without the `channel` value, computed once.
+    base_len: OnceLock<usize>,
     /// When this process got the event, for the delivery-latency histogram.
     pub received: std::time::Instant,
 }
 
+/// One target's frame, how many queued items wait for it, and whether it is worth keeping.
+#[derive(Debug, Default)]
+struct FrameSlot {
+    frame: Mutex<Option<Utf8Bytes>>,
+    waiting: AtomicU32,
+    /// Several local connections receive this frame: keep it once serialized.
+    shared: AtomicBool,
+}
+
 impl Delivery {
-    /// Serializes the frames of `event` for each of its targets.
+    /// A delivery of `event` whose frames carry `epoch`; nothing is serialized yet.
     pub fn new(event: Arc<Event>, epoch: &str) -> Self {
-        let frames = event.targets.iter().map(|t| event.frame(t, epoch)).collect();
-        Self { event, frames, received: std::time::Instant::now() }
+        let slots = event.targets.iter().map(|_| FrameSlot::default()).collect();
+        Self { event, epoch: epoch.into(), slots, base_len: OnceLock::new(), received: std::time::Instant::now() }
     }
 
-    /// A delivery with one already serialized frame (a replayed event), at index 0.
-    pub fn with_frame(event: Arc<Event>, frame: Utf8Bytes) -> Self {
-        Self { event, frames: vec![frame], received: std::time::Instant::now() }
+    /// The delivery carrying `event` now (live or replayed), or a new one that later replays
+    /// will share: one set of frames per event and stream however many connections need it.
+    pub fn shared(event: &Arc<Event>, epoch: &str) -> Arc<Self> {
+        let mut slot = event.delivery.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(existing) = slot.upgrade().filter(|d| *d.epoch == *epoch) {
+            return existing;
+        }
+        let delivery = Arc::new(Self::new(Arc::clone(event), epoch));
+        *slot = Arc::downgrade(&delivery);
+        delivery
     }
+
+    /// Index of `stream` among the event's targets (0 when it is not one, e.g. `broadcast`).
+    pub fn index_of(&self, stream: &str) -> u32 {
+        let found = self.event.targets.iter().position(|t| t == stream).unwrap_or(0);
+        u32::try_from(found).unwrap_or(0)
+    }
+
+    /// Exact length of frame `index`, without serializing it again.
+    pub fn frame_len(&self, index: u32) -> usize {
+        let base = *self.base_len.get_or_init(|| {
+            let mut counter = ByteCounter(0);
+            let _ = serde_json::to_writer(&mut counter, &self.event.frame_fields("", &self.epoch));
+            counter.0
+        });
+        base + self.target(index).map_or(0, |t| json_string_len(t) - 2)
+    }
+
+    /// Announces one more queued item that will need frame `index`.
+    pub fn hold(&self, index: u32) {
+        if let Some(slot) = self.slots.get(index as usize) {
+            slot.waiting.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Marks frame `index` as going to several connections, so it is kept once serialized.
+    pub fn mark_shared(&self, index: u32) {
+        if let Some(slot) = self.slots.get(index as usize) {
+            slot.shared.store(true, Ordering::Release);
+        }
+    }
+
+    /// Frame `index` for one queued item (announced with [`Delivery::hold`]): serialized once
+    /// and kept while it is shared or other items wait for it; a frame for one recipient is
+    /// never kept, so it lives only while that connection writes it.
+    pub fn take_frame(&self, index: u32) -> Utf8Bytes {
+        let Some(slot) = self.slots.get(index as usize) else {
+            return self.event.frame(BROADCAST, &self.epoch);
+        };
+        let mut cached = slot.frame.lock().unwrap_or_else(PoisonError::into_inner);
+        let shared = slot.shared.load(Ordering::Acquire);
+        let frame = match cached.as_ref() {
+            Some(frame) => frame.clone(),
+            None => {
+                let frame = self.event.frame(self.target(index).unwrap_or(BROADCAST), &self.epoch);
+                if shared || slot.waiting.load(Ordering::Acquire) > 1 {
+                    *cached = Some(frame.clone());
+                }
+                frame
+            }
+        };
+        let before = slot.waiting.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| Some(w.saturating_sub(1)));
+        if before.unwrap_or(0) <= 1 && !shared {
+            *cached = None;
+        }
+        frame
+    }
+
+    /// Frame `index` without taking part in the sharing (tests, diagnostics).
+    pub fn frame(&self, index: u32) -> Utf8Bytes {
+        self.event.frame(self.target(index).unwrap_or(BROADCAST), &self.epoch)
+    }
+
+    /// Serialized frames currently kept for sharing (for tests of the memory bound).
+    pub fn kept_frames(&self) -> usize {
+        self.slots.iter().filter(|s| s.frame.lock().is_ok_and(|f| f.is_some())).count()
+    }
+
+    fn target(&self, index: u32) -> Option<&str> {
+        self.event.targets.get(index as usize).map(String::as_str)
+    }
+}
+
+/// Counts bytes written through it.
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Length of `s` as a JSON string literal, quotes included.
+fn json_string_len(s: &str) -> usize {
+    let mut counter = ByteCounter(0);
+    let _ = serde_json::to_writer(&mut counter, s);
+    counter.0
 }
 
 /// Serializes a value that cannot fail to serialize (plain structs of strings and numbers).
@@ -369,6 +490,7 @@ mod tests {
             exclude: None,
             accepted_ms: 0,
             receipt: Receipt::default(),
+            delivery: Default::default(),
         };
         let v: serde_json::Value = serde_json::from_str(&ev.frame(BROADCAST, "ep")).expect("json");
         assert_eq!(v["type"], "test");

@@ -238,6 +238,7 @@ pub async fn snapshot(app: &AppState) -> Result<Value, EngineError> {
         "publish_rejected_total": publish_rejected.values().sum::<u64>(),
         "publish_rejected": publish_rejected,
         "history_bytes": m.history_bytes.get(),
+        "queue_bytes": m.queue_bytes.get(),
         "rss_bytes": rss_bytes(),
         "uptime_s": app.started.elapsed().as_secs(),
         "engine": app.engine.health(),

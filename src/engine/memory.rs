@@ -37,7 +37,8 @@ impl MemoryEngine {
     /// `--data-dir`, history and epoch are restored from and written to disk.
     pub fn new(hub: HubHandle, config: &crate::config::Config) -> Result<Self, StoreError> {
         let ttl_ms = u64::try_from(config.history_ttl.as_millis()).unwrap_or(u64::MAX);
-        let mut history = History::new(config.history_size, ttl_ms);
+        let max_bytes = usize::try_from(config.history_max_bytes).unwrap_or(usize::MAX);
+        let mut history = History::new(config.history_size, ttl_ms, max_bytes);
         let mut epoch = new_epoch();
         let mut seq = 0;
         let store = match &config.data_dir {
@@ -109,7 +110,8 @@ impl MemoryEngine {
                 }
             }
             let stamped = events.iter().map(|e| (e.id.clone(), e.seq)).collect();
-            let deliveries = events.into_iter().map(|e| Arc::new(Delivery::new(e, &self.epoch))).collect();
+            // Shared deliveries: a replay of these events reuses their frames.
+            let deliveries = events.iter().map(|e| Delivery::shared(e, &self.epoch)).collect();
             self.hub.deliver(deliveries, Some(reply))?;
             stamped
         };
@@ -137,6 +139,7 @@ pub(crate) fn stamp(new: NewEvent, seq: u64, timestamp: &str, accepted_ms: u64) 
         exclude: new.exclude,
         accepted_ms,
         receipt: Default::default(),
+        delivery: Default::default(),
     }
 }
 

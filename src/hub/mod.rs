@@ -2,8 +2,8 @@
 //! events out. It is fed by two channels: commands (bounded; from connections and HTTP handlers)
 //! and deliveries (unbounded, so the engine can hand over events in seq order without awaiting).
 //!
-//! The hub never awaits a client: it pushes into each bounded send queue without waiting, and a
-//! full queue means a slow consumer, dropped with close code 4003.
+//! The hub never awaits a client: it pushes into each send queue (bounded in bytes, see `queue`)
+//! without waiting, and a queue over its bound means a slow consumer, dropped with close code 4003.
 //!
 //! Resume is exact because subscribing and replaying are one step per stream (see `resume`);
 //! `queries` answers the admin endpoints.
@@ -45,13 +45,13 @@ const COMMAND_QUEUE: usize = 4096;
 /// What goes into a connection's send queue.
 #[derive(Debug)]
 pub enum Outbound {
-    /// A control frame (`hub:*`) or a replayed event. Boxed, like `Batch`, to keep queue
-    /// slots at 16 bytes: every connection's queue allocates its first block of slots up front.
+    /// A control frame (`hub:*`). Boxed to keep queue slots at 16 bytes.
     Frame(Box<Utf8Bytes>),
-    /// A live event: frame `index` of the delivery; the writer counts it as written.
+    /// A live event: frame `index` of the delivery, shared with every other connection that
+    /// receives it; the writer counts it as written and samples its latency.
     Event(Arc<Delivery>, u32),
-    /// Items that must stay together (a resume reply and its replay); takes one slot.
-    Batch(Box<Vec<Outbound>>),
+    /// A replayed event: like `Event`, shared the same way, but not a latency sample.
+    Replayed(Arc<Delivery>, u32),
 }
 
 impl Outbound {
@@ -60,9 +60,33 @@ impl Outbound {
         Self::Frame(Box::new(frame))
     }
 
-    /// Items sent together.
-    pub fn batch(items: Vec<Outbound>) -> Self {
-        Self::Batch(Box::new(items))
+    /// Frame `index` of `delivery`, announced to the delivery so a shared frame is serialized
+    /// once for all the connections that wait for it.
+    pub fn event(delivery: Arc<Delivery>, index: u32) -> Self {
+        delivery.hold(index);
+        Self::Event(delivery, index)
+    }
+
+    /// A replayed event (see [`Outbound::event`]).
+    pub fn replayed(delivery: Arc<Delivery>, index: u32) -> Self {
+        delivery.hold(index);
+        Self::Replayed(delivery, index)
+    }
+
+    /// The event this item carries, if any.
+    pub fn delivery(&self) -> Option<(&Arc<Delivery>, u32)> {
+        match self {
+            Self::Frame(_) => None,
+            Self::Event(delivery, index) | Self::Replayed(delivery, index) => Some((delivery, *index)),
+        }
+    }
+
+    /// Bytes this item counts for in a send queue: the frame's length.
+    pub fn cost(&self) -> usize {
+        match self {
+            Self::Frame(frame) => frame.len(),
+            Self::Event(delivery, index) | Self::Replayed(delivery, index) => delivery.frame_len(*index),
+        }
     }
 }
 
@@ -269,6 +293,16 @@ enum Offer {
     Dropped(CloseReason),
 }
 
+impl From<Result<(), PushError>> for Offer {
+    fn from(result: Result<(), PushError>) -> Self {
+        match result {
+            Ok(()) => Self::Sent,
+            Err(PushError::Full) => Self::Dropped(CloseReason::SlowConsumer),
+            Err(PushError::Closed) => Self::Dropped(CloseReason::GoingAway),
+        }
+    }
+}
+
 impl Conn {
     /// Offers one event through `stream`; at most once per event however many streams match.
     fn offer(&mut self, delivery: &Arc<Delivery>, index: u32, stream: &str, round: u64) -> Offer {
@@ -284,14 +318,23 @@ impl Conn {
             }
             resuming.live_seqs.push(seq);
         }
-        self.push(Outbound::Event(Arc::clone(delivery), index))
+        self.push(Outbound::event(Arc::clone(delivery), index))
     }
 
     fn push(&self, out: Outbound) -> Offer {
-        match self.shared.queue.push(out) {
-            Ok(()) => Offer::Sent,
-            Err(PushError::Full) => Offer::Dropped(CloseReason::SlowConsumer),
-            Err(PushError::Closed) => Offer::Dropped(CloseReason::GoingAway),
+        Offer::from(self.shared.queue.push(out))
+    }
+
+    /// Queues a resume reply with its events (see [`crate::queue::SendQueue::push_reply`]).
+    fn push_reply(&self, items: Vec<Outbound>) -> Offer {
+        Offer::from(self.shared.queue.push_reply(items))
+    }
+
+    /// Ends the resume bookkeeping once no resume is pending, so nothing (such as the seqs
+    /// sent live meanwhile) keeps growing for a connection that has nothing left to resume.
+    fn settle_resuming(&mut self) {
+        if self.resuming.as_ref().is_some_and(|r| r.pending.is_empty() && r.deferred.is_empty()) {
+            self.resuming = None;
         }
     }
 
@@ -412,6 +455,11 @@ impl Hub {
             }
         };
         for (index, target) in (0u32..).zip(&d.event.targets) {
+            let local =
+                if target == BROADCAST { self.conns.len() } else { self.streams.get(target).map_or(0, HashSet::len) };
+            if local > 1 {
+                d.mark_shared(index);
+            }
             if target == BROADCAST {
                 for (id, conn) in &mut self.conns {
                     offer(*id, conn, target, index);
@@ -520,6 +568,7 @@ impl Hub {
                 if let Some(resuming) = &mut conn.resuming {
                     resuming.pending.retain(|p| !matches!(&p.kind, PendingKind::Subscribe(c) if c == channel));
                 }
+                conn.settle_resuming();
                 self.leave(id, channel);
                 to_frame(&json!({"type": "hub:unsubscribed", "channel": channel}))
             }
@@ -637,6 +686,15 @@ impl Hub {
             return;
         };
         if let Offer::Dropped(reason) = conn.push(out) {
+            self.drop_conn(id, Some(reason));
+        }
+    }
+
+    fn push_reply_or_drop(&mut self, id: ConnId, items: Vec<Outbound>) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        if let Offer::Dropped(reason) = conn.push_reply(items) {
             self.drop_conn(id, Some(reason));
         }
     }
