@@ -84,7 +84,7 @@ pub struct ConnShared {
 }
 
 impl ConnShared {
-    fn new(limits: Arc<QueueLimits>) -> Self {
+    pub(crate) fn new(limits: Arc<QueueLimits>) -> Self {
         Self {
             queue: SendQueue::new(limits),
             stopped: AtomicBool::new(false),
@@ -96,9 +96,13 @@ impl ConnShared {
         }
     }
 
-    /// Closes the connection with `reason` (the first reason given wins).
+    /// Closes the connection with `reason` (the first reason given wins). A slow consumer's
+    /// queue is released at once: it will never read it, and its writer may still be blocked.
     pub fn close(&self, reason: CloseReason) {
         let _ = self.reason.compare_exchange(0, reason.code(), Ordering::AcqRel, Ordering::Acquire);
+        if reason == CloseReason::SlowConsumer {
+            self.queue.close();
+        }
         self.stop();
     }
 

@@ -475,6 +475,50 @@ mod tests {
         assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"dance"}"#).is_err());
     }
 
+    fn event_to(targets: Vec<String>, data: &str) -> Arc<Event> {
+        Arc::new(Event {
+            id: "e1".into(),
+            seq: 7,
+            kind: "test".into(),
+            message: String::new(),
+            data: RawValue::from_string(data.into()).expect("raw"),
+            timestamp: "2026-01-01T00:00:00.000Z".into(),
+            targets,
+            from: None,
+            exclude: None,
+            accepted_ms: 0,
+            receipt: Receipt::default(),
+            delivery: Default::default(),
+        })
+    }
+
+    #[test]
+    fn a_publish_to_many_single_recipients_never_keeps_their_frames() {
+        let users: Vec<String> = (0..1000).map(|u| format!("user:u{u}")).collect();
+        let d = Delivery::new(event_to(users, r#"{"blob":"xxxxxxxx"}"#), "ep");
+        assert_eq!(d.kept_frames(), 0, "nothing is serialized before a recipient needs it");
+        for index in 0..1000 {
+            d.hold(index);
+            let frame = d.take_frame(index);
+            assert_eq!(frame.len(), d.frame_len(index), "the queue's byte count is exact");
+            assert_eq!(d.kept_frames(), 0, "a frame for one recipient lives only while written");
+        }
+    }
+
+    #[test]
+    fn a_shared_frame_is_serialized_once_and_replays_reuse_it() {
+        let event = event_to(vec![BROADCAST.into()], "{}");
+        let live = Delivery::shared(&event, "ep");
+        live.mark_shared(0);
+        (0..3).for_each(|_| live.hold(0));
+        let first = live.take_frame(0);
+        let second = live.take_frame(0);
+        assert_eq!(first.as_str().as_ptr(), second.as_str().as_ptr(), "one copy for every recipient");
+        let replay = Delivery::shared(&event, "ep");
+        assert!(Arc::ptr_eq(&live, &replay), "a replay shares the live delivery");
+        assert_eq!(replay.take_frame(0).as_str().as_ptr(), first.as_str().as_ptr());
+    }
+
     #[test]
     fn frame_has_go_hub_fields_and_position() {
         let data = RawValue::from_string(r#"{"a":1}"#.into()).expect("raw");

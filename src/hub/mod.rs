@@ -723,3 +723,40 @@ impl Hub {
         self.metrics.connections.set(self.conns.len() as i64);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::engine::NewEvent;
+    use crate::engine::memory::{MemoryEngine, stamp};
+
+    #[tokio::test]
+    async fn unsubscribing_before_the_resume_answer_leaves_no_state_that_grows_per_event() {
+        let config = Config::for_tests();
+        let (handle, _inbox) = channel("test");
+        let engine = Arc::new(MemoryEngine::new(handle.clone(), &config).expect("engine"));
+        let epoch = engine.epoch();
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let mut hub = Hub::new(handle, engine, metrics, config.namespaces.clone());
+        let shared = Arc::new(ConnShared::new(crate::queue::test_limits(1 << 20)));
+        let remote = SocketAddr::from(([127, 0, 0, 1], 1));
+        hub.register(NewConn { id: 1, identity: Identity::default().shared(), shared, remote, resume: None });
+        hub.subscribe(1, "gone".into(), Some(Resume { since: 0, epoch: Some(epoch.clone()) }));
+        assert!(hub.conns[&1].resuming.is_some(), "the resume is pending");
+        hub.unsubscribe(1, "gone");
+        for seq in 1..=1000 {
+            let new = NewEvent {
+                kind: "tick".into(),
+                message: String::new(),
+                data: crate::protocol::empty_object(),
+                targets: Vec::new(),
+                from: None,
+                exclude: None,
+            };
+            let event = Arc::new(stamp(new, seq, "2026-01-01T00:00:00Z", 0));
+            assert_eq!(hub.deliver(&Delivery::shared(&event, &epoch)), 1);
+        }
+        assert!(hub.conns[&1].resuming.is_none(), "resume state outlived the last pending resume");
+    }
+}
