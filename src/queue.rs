@@ -209,6 +209,7 @@ mod tests {
     use axum::extract::ws::Utf8Bytes;
 
     use super::test_limits as limits;
+    use crate::hub::ITEM_OVERHEAD;
 
     fn item(len: usize) -> Outbound {
         Outbound::frame(Utf8Bytes::from("x".repeat(len)))
@@ -221,7 +222,7 @@ mod tests {
         assert_eq!(q.push(item(2)), Ok(()));
         let mut out = Vec::new();
         assert!(q.pop_into(&mut out, 64, usize::MAX).await);
-        assert_eq!(out.iter().map(Outbound::cost).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(out.iter().map(Outbound::cost).collect::<Vec<_>>(), [ITEM_OVERHEAD + 1, ITEM_OVERHEAD + 2]);
         q.close();
         assert_eq!(q.push(item(1)), Err(PushError::Closed));
         assert!(!q.pop_into(&mut out, 64, usize::MAX).await);
@@ -232,10 +233,10 @@ mod tests {
         let limits = limits(100);
         let q = SendQueue::new(Arc::clone(&limits));
         // Over the soft bound at once, under the hard cap (100 + 4 KiB): accepted.
-        for _ in 0..30 {
+        for _ in 0..20 {
             assert_eq!(q.push(item(100)), Ok(()));
         }
-        assert_eq!(limits.gauge.get(), 3000);
+        assert_eq!(limits.gauge.get(), 20 * (100 + ITEM_OVERHEAD as i64));
         tokio::time::advance(Duration::from_secs(9)).await;
         assert_eq!(q.push(item(10)), Ok(()), "still within the grace");
         // The writer drains below the soft bound: the grace starts again.
@@ -253,10 +254,10 @@ mod tests {
         let limits = limits(100);
         let q = SendQueue::new(Arc::clone(&limits));
         let hard = limits.hard;
-        assert_eq!(q.push(item(hard + 1)), Err(PushError::Full));
+        assert_eq!(q.push(item(hard)), Err(PushError::Full));
         assert_eq!(q.push_reply(vec![item(10), item(hard)]), Ok(()));
         assert_eq!(q.push_reply(vec![item(hard)]), Err(PushError::Full), "not while over the soft bound");
-        assert_eq!(q.bytes(), hard + 10);
+        assert_eq!(q.bytes(), hard + 10 + 2 * ITEM_OVERHEAD);
     }
 
     #[tokio::test]
@@ -271,7 +272,7 @@ mod tests {
         out.clear();
         assert!(q.pop_into(&mut out, 64, 10).await);
         assert_eq!(out.len(), 1);
-        assert_eq!(q.bytes(), 5000);
+        assert_eq!(q.bytes(), 5000 + ITEM_OVERHEAD);
     }
 
     #[tokio::test]

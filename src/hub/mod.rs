@@ -42,6 +42,9 @@ pub const MAX_SUBSCRIPTIONS: usize = 256;
 /// Capacity of the command channel.
 const COMMAND_QUEUE: usize = 4096;
 
+/// Bytes a queued item costs besides its frame: its slot, and the box or the frame's header.
+pub const ITEM_OVERHEAD: usize = 64;
+
 /// What goes into a connection's send queue.
 #[derive(Debug)]
 pub enum Outbound {
@@ -81,12 +84,14 @@ impl Outbound {
         }
     }
 
-    /// Bytes this item counts for in a send queue: the frame's length.
+    /// Bytes this item counts for in a send queue: the frame's length plus [`ITEM_OVERHEAD`],
+    /// so that many tiny frames are bounded too.
     pub fn cost(&self) -> usize {
-        match self {
-            Self::Frame(frame) => frame.len(),
-            Self::Event(delivery, index) | Self::Replayed(delivery, index) => delivery.frame_len(*index),
-        }
+        ITEM_OVERHEAD
+            + match self {
+                Self::Frame(frame) => frame.len(),
+                Self::Event(delivery, index) | Self::Replayed(delivery, index) => delivery.frame_len(*index),
+            }
     }
 }
 
