@@ -97,7 +97,7 @@ pub enum CloseReason {
     Unauthorized,
     /// The token expired while connected.
     TokenExpired,
-    /// The send queue filled up.
+    /// The send queue stayed over its byte bound (or would have passed its hard cap).
     SlowConsumer,
     /// An operator disconnected the client.
     Kicked,

@@ -20,10 +20,6 @@ use crate::hub::Outbound;
 /// Spare capacity kept after a backlog drains; more is given back to the allocator.
 const KEEP_CAPACITY: usize = 16;
 
-/// Frame bytes the largest `/notify` event adds beyond its share of the body (id, timestamp,
-/// channel, seq, epoch and the keys), rounded up: used to size the hard cap.
-pub const FRAME_OVERHEAD: usize = 512;
-
 /// The byte limits every send queue obeys, shared by all of them.
 #[derive(Debug)]
 pub struct QueueLimits {
