@@ -1,7 +1,7 @@
 //! The wire protocol: client frames, server control frames, notifications and close codes.
 //! docs/PROTOCOL.md is the reference; this module is its code.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use axum::extract::ws::Utf8Bytes;
@@ -271,10 +271,10 @@ impl Event {
     }
 }
 
-/// An event with its frames, one per target stream, serialized when first needed and shared
-/// by every recipient of that stream. A frame is kept only while more than one queued item
-/// still needs it: a publish to 1,000 users, each with one connection, never holds 1,000 frames
-/// at once, and a target with no local recipient is never serialized.
+/// An event with its frames, one per target stream, serialized when first needed (by the first
+/// writer) and shared by every recipient of that stream. A frame is kept only while more than one
+/// queued item may still take it: a publish to 1,000 users, each with one connection, never
+/// holds 1,000 frames at once, and a target with no local recipient is never serialized.
 #[derive(Debug)]
 pub struct Delivery {
     /// The event.
@@ -289,13 +289,12 @@ pub struct Delivery {
     pub received: std::time::Instant,
 }
 
-/// One target's frame, how many queued items wait for it, and whether it is worth keeping.
+/// One target's frame, kept while more than one queued item may still take it.
 #[derive(Debug, Default)]
 struct FrameSlot {
     frame: Mutex<Option<Utf8Bytes>>,
+    /// Queued items that may still take this frame.
     waiting: AtomicU32,
-    /// Several local connections receive this frame: keep it once serialized.
-    shared: AtomicBool,
 }
 
 impl Delivery {
@@ -333,41 +332,34 @@ impl Delivery {
         base + self.target(index).map_or(0, |t| json_string_len(t) - 2)
     }
 
-    /// Announces one more queued item that will need frame `index`.
-    pub fn hold(&self, index: u32) {
+    /// Announces `items` more queued items that may take frame `index` (the hub announces a
+    /// stream's local subscribers before fanning out, so the first writer knows to keep it).
+    pub fn expect(&self, index: u32, items: u32) {
         if let Some(slot) = self.slots.get(index as usize) {
-            slot.waiting.fetch_add(1, Ordering::AcqRel);
+            slot.waiting.fetch_add(items, Ordering::AcqRel);
         }
     }
 
-    /// Marks frame `index` as going to several connections, so it is kept once serialized.
-    pub fn mark_shared(&self, index: u32) {
-        if let Some(slot) = self.slots.get(index as usize) {
-            slot.shared.store(true, Ordering::Release);
-        }
-    }
-
-    /// Frame `index` for one queued item (announced with [`Delivery::hold`]): serialized once
-    /// and kept while it is shared or other items wait for it; a frame for one recipient is
-    /// never kept, so it lives only while that connection writes it.
+    /// Frame `index` for one queued item (announced with [`Delivery::expect`]): serialized once
+    /// and kept while other items may still take it, dropped when the last one has. A frame for
+    /// a single recipient is never kept, so it lives only while that connection writes it.
     pub fn take_frame(&self, index: u32) -> Utf8Bytes {
         let Some(slot) = self.slots.get(index as usize) else {
             return self.event.frame(BROADCAST, &self.epoch);
         };
         let mut cached = slot.frame.lock().unwrap_or_else(PoisonError::into_inner);
-        let shared = slot.shared.load(Ordering::Acquire);
         let frame = match cached.as_ref() {
             Some(frame) => frame.clone(),
             None => {
                 let frame = self.event.frame(self.target(index).unwrap_or(BROADCAST), &self.epoch);
-                if shared || slot.waiting.load(Ordering::Acquire) > 1 {
+                if slot.waiting.load(Ordering::Acquire) > 1 {
                     *cached = Some(frame.clone());
                 }
                 frame
             }
         };
         let before = slot.waiting.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| Some(w.saturating_sub(1)));
-        if before.unwrap_or(0) <= 1 && !shared {
+        if before.unwrap_or(0) <= 1 {
             *cached = None;
         }
         frame
@@ -498,7 +490,7 @@ mod tests {
         let d = Delivery::new(event_to(users, r#"{"blob":"xxxxxxxx"}"#), "ep");
         assert_eq!(d.kept_frames(), 0, "nothing is serialized before a recipient needs it");
         for index in 0..1000 {
-            d.hold(index);
+            d.expect(index, 1);
             let frame = d.take_frame(index);
             assert_eq!(frame.len(), d.frame_len(index), "the queue's byte count is exact");
             assert_eq!(d.kept_frames(), 0, "a frame for one recipient lives only while written");
@@ -509,14 +501,16 @@ mod tests {
     fn a_shared_frame_is_serialized_once_and_replays_reuse_it() {
         let event = event_to(vec![BROADCAST.into()], "{}");
         let live = Delivery::shared(&event, "ep");
-        live.mark_shared(0);
-        (0..3).for_each(|_| live.hold(0));
+        live.expect(0, 2);
         let first = live.take_frame(0);
-        let second = live.take_frame(0);
-        assert_eq!(first.as_str().as_ptr(), second.as_str().as_ptr(), "one copy for every recipient");
+        // A replay announced before the second live recipient took it shares the same frame.
         let replay = Delivery::shared(&event, "ep");
         assert!(Arc::ptr_eq(&live, &replay), "a replay shares the live delivery");
+        replay.expect(0, 1);
+        let second = live.take_frame(0);
+        assert_eq!(first.as_str().as_ptr(), second.as_str().as_ptr(), "one copy for every recipient");
         assert_eq!(replay.take_frame(0).as_str().as_ptr(), first.as_str().as_ptr());
+        assert_eq!(live.kept_frames(), 0, "dropped once the last recipient took it");
     }
 
     #[test]

@@ -364,7 +364,7 @@ async fn the_history_budget_holds_in_durable_mode_across_a_restart() {
 }
 
 #[tokio::test]
-async fn a_subscribe_replay_is_not_counted_twice_for_a_reader_and_the_stream_goes_live() {
+async fn ten_resumes_of_1_6_mib_read_promptly_never_make_a_slow_consumer_and_the_stream_goes_live() {
     let hub = TestHub::start(&[]).await;
     fill_history(&hub.url("/notify"), &json!({"channel": "feed"}), 100, 16 * 1024).await;
     let mut c = hub.client().await;

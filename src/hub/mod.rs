@@ -50,8 +50,8 @@ pub const ITEM_OVERHEAD: usize = 64;
 pub enum Outbound {
     /// A control frame (`hub:*`). Boxed to keep queue slots at 16 bytes.
     Frame(Box<Utf8Bytes>),
-    /// A live event: frame `index` of the delivery, shared with every other connection that
-    /// receives it; the writer counts it as written and samples its latency.
+    /// A live event: frame `index` of the delivery (announced by the fan-out), shared with every
+    /// other connection that receives it; the writer counts it as written and samples its latency.
     Event(Arc<Delivery>, u32),
     /// A replayed event: like `Event`, shared the same way, but not a latency sample.
     Replayed(Arc<Delivery>, u32),
@@ -63,16 +63,10 @@ impl Outbound {
         Self::Frame(Box::new(frame))
     }
 
-    /// Frame `index` of `delivery`, announced to the delivery so a shared frame is serialized
-    /// once for all the connections that wait for it.
-    pub fn event(delivery: Arc<Delivery>, index: u32) -> Self {
-        delivery.hold(index);
-        Self::Event(delivery, index)
-    }
-
-    /// A replayed event (see [`Outbound::event`]).
+    /// A replayed event: frame `index` of the event's shared delivery, announced to it so the
+    /// frame is serialized once for every connection that replays or receives it.
     pub fn replayed(delivery: Arc<Delivery>, index: u32) -> Self {
-        delivery.hold(index);
+        delivery.expect(index, 1);
         Self::Replayed(delivery, index)
     }
 
@@ -323,7 +317,7 @@ impl Conn {
             }
             resuming.live_seqs.push(seq);
         }
-        self.push(Outbound::event(Arc::clone(delivery), index))
+        self.push(Outbound::Event(Arc::clone(delivery), index))
     }
 
     fn push(&self, out: Outbound) -> Offer {
@@ -460,11 +454,10 @@ impl Hub {
             }
         };
         for (index, target) in (0u32..).zip(&d.event.targets) {
+            // Announced before fanning out, so the first writer keeps a shared frame for the others.
             let local =
                 if target == BROADCAST { self.conns.len() } else { self.streams.get(target).map_or(0, HashSet::len) };
-            if local > 1 {
-                d.mark_shared(index);
-            }
+            d.expect(index, u32::try_from(local).unwrap_or(u32::MAX));
             if target == BROADCAST {
                 for (id, conn) in &mut self.conns {
                     offer(*id, conn, target, index);

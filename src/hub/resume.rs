@@ -154,7 +154,8 @@ impl Hub {
         let recovery = pending.since.map(|_| (pending.epoch_ok && engine_ok && replay.recovered, replayed_seqs.len()));
         for (delivery, index) in pending.buffer {
             if replayed_seqs.binary_search(&delivery.event.seq).is_err() {
-                events.push(Outbound::event(delivery, index));
+                // Announced when it was fanned out.
+                events.push(Outbound::Event(delivery, index));
             }
         }
         let reply = match &pending.kind {
