@@ -1,7 +1,7 @@
 //! The wire protocol: client frames, server control frames, notifications and close codes.
 //! docs/PROTOCOL.md is the reference; this module is its code.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use axum::extract::ws::Utf8Bytes;
@@ -295,6 +295,8 @@ struct FrameSlot {
     frame: Mutex<Option<Utf8Bytes>>,
     /// Queued items that may still take this frame.
     waiting: AtomicU32,
+    /// The frame's length once computed (0: not yet); queues ask for it on every push and take.
+    len: AtomicUsize,
 }
 
 impl Delivery {
@@ -322,14 +324,24 @@ impl Delivery {
         u32::try_from(found).unwrap_or(0)
     }
 
-    /// Exact length of frame `index`, without serializing it again.
+    /// Exact length of frame `index`, without serializing it.
     pub fn frame_len(&self, index: u32) -> usize {
-        let base = *self.base_len.get_or_init(|| {
-            let mut counter = ByteCounter(0);
-            let _ = serde_json::to_writer(&mut counter, &self.event.frame_fields("", &self.epoch));
-            counter.0
-        });
-        base + self.target(index).map_or(0, |t| json_string_len(t) - 2)
+        let base = || {
+            *self.base_len.get_or_init(|| {
+                let mut counter = ByteCounter(0);
+                let _ = serde_json::to_writer(&mut counter, &self.event.frame_fields("", &self.epoch));
+                counter.0
+            })
+        };
+        let Some(slot) = self.slots.get(index as usize) else { return base() };
+        match slot.len.load(Ordering::Relaxed) {
+            0 => {
+                let len = base() + self.target(index).map_or(0, |t| json_string_len(t) - 2);
+                slot.len.store(len, Ordering::Relaxed);
+                len
+            }
+            len => len,
+        }
     }
 
     /// Announces `items` more queued items that may take frame `index` (the hub announces a
