@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -76,12 +76,27 @@ async fn fill_history(url: &str, target: &Value, count: usize, size: usize) {
     }
 }
 
+/// The next frame as JSON, waiting up to a minute: in a storm the hub may be busy for a while
+/// (a debug build on a loaded machine), and a slow answer is not what the test is about.
+async fn next_json_patiently(c: &mut Client) -> Value {
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(60), c.ws.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => return serde_json::from_str(&text).expect("JSON frame"),
+            Ok(Some(Ok(Message::Close(frame)))) => panic!("closed while reading: {frame:?}"),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no frame: {other:?}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_never_reading_socket_never_holds_more_than_the_hard_cap_and_is_dropped_with_4003() {
     let hub = TestHub::start(&[]).await;
     let _stalled = never_reading_client(&hub).await;
     let mut reader = hub.client().await;
-    let blob = "x".repeat(64 * 1024);
+    // Large events, so the hard cap is reached soon after the socket buffers fill up (well
+    // before the writer's own 10 s write timeout would end the connection).
+    let blob = "x".repeat(256 * 1024);
     let mut peak = 0;
     let mut dropped = false;
     for i in 0..4000 {
@@ -90,7 +105,7 @@ async fn a_never_reading_socket_never_holds_more_than_the_hard_cap_and_is_droppe
         assert_eq!(reader.next_event().await["data"]["i"], i, "the reading client gets every event in order");
         let queued = stats(&hub.url("/stats")).await["queue_bytes"].as_u64().expect("queue_bytes");
         peak = peak.max(queued);
-        assert!(queued <= HARD_CAP + 64 * 1024 + 1024, "{queued} bytes queued after event {i}");
+        assert!(queued <= HARD_CAP, "{queued} bytes queued after event {i}");
         if answer["recipients"] == 1 {
             dropped = true;
             break;
@@ -229,42 +244,41 @@ async fn a_presence_storm_of_1500_users_disconnects_no_reading_client() {
         assert_eq!(c.subscribe("room:1").await["type"], "hub:subscribed");
         readers.push(c);
     }
-    // Drain the readers' joins of each other.
-    for (r, c) in readers.iter_mut().enumerate() {
-        for _ in r + 1..20 {
-            assert_eq!(c.next_json().await["type"], "hub:join");
-        }
-    }
-    let mut joiners = Vec::new();
-    for u in 0..1500 {
-        joiners.push(
-            Client::connect(&hub.ws_url(&format!("/ws?token={}", token(SECRET, &format!("u{u}"), &[], 3600)))).await,
-        );
-    }
+    // Readers read all along (answering pings too), counting the joins of the 1,500 users.
+    let tasks: Vec<_> = (0..20)
+        .zip(readers)
+        .map(|(r, mut c)| {
+            tokio::spawn(async move {
+                let expected = 1500 + (19 - r);
+                let mut joins = 0;
+                while joins < expected {
+                    if next_json_patiently(&mut c).await["type"] == "hub:join" {
+                        joins += 1;
+                    }
+                }
+                (joins - (19 - r), c)
+            })
+        })
+        .collect();
+    let connects = futures_util::stream::iter(0..1500).map(|u| {
+        let url = hub.ws_url(&format!("/ws?token={}", token(SECRET, &format!("u{u}"), &[], 3600)));
+        async move { Client::connect(&url).await }
+    });
+    let mut joiners: Vec<Client> = connects.buffer_unordered(32).collect().await;
     // The storm: every user joins at once.
     let subscribe = Message::Text(json!({"type": "subscribe", "channel": "room:1"}).to_string().into());
     for j in &mut joiners {
         j.ws.send(subscribe.clone()).await.expect("subscribe");
     }
-    let tasks: Vec<_> = readers
-        .into_iter()
-        .map(|mut c| {
-            tokio::spawn(async move {
-                let mut joins = 0;
-                while joins < 1500 {
-                    if c.next_json().await["type"] == "hub:join" {
-                        joins += 1;
-                    }
-                }
-                (joins, c)
-            })
-        })
-        .collect();
     let mut readers = Vec::new();
     for t in tasks {
         let (joins, c) = t.await.expect("a reader saw every join");
         assert_eq!(joins, 1500);
         readers.push(c);
+    }
+    for c in &mut readers {
+        c.send_json(json!({"type": "ping"})).await;
+        assert_eq!(c.next_reply().await["type"], "hub:pong", "the reader is still connected");
     }
     let s = stats(&hub.url("/stats")).await;
     assert_eq!((s["connections"].as_u64(), s["slow_consumer_disconnects"].as_u64()), (Some(1520), Some(0)), "{s}");
