@@ -352,6 +352,16 @@ impl Delivery {
         }
     }
 
+    /// Serializes frame `index` now when several queued items will take it, so the writers
+    /// only copy a pointer (the hub calls this before fanning a shared stream out).
+    pub fn prepare(&self, index: u32) {
+        let Some(slot) = self.slots.get(index as usize) else { return };
+        let mut cached = slot.frame.lock().unwrap_or_else(PoisonError::into_inner);
+        if cached.is_none() && slot.waiting.load(Ordering::Acquire) > 1 {
+            *cached = Some(self.event.frame(self.target(index).unwrap_or(BROADCAST), &self.epoch));
+        }
+    }
+
     /// Frame `index` for one queued item (announced with [`Delivery::expect`]): serialized once
     /// and kept while other items may still take it, dropped when the last one has. A frame for
     /// a single recipient is never kept, so it lives only while that connection writes it.

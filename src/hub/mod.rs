@@ -454,10 +454,14 @@ impl Hub {
             }
         };
         for (index, target) in (0u32..).zip(&d.event.targets) {
-            // Announced before fanning out, so the first writer keeps a shared frame for the others.
+            // Announced before fanning out; a frame for several connections is serialized here,
+            // once, and each writer takes a pointer to it.
             let local =
                 if target == BROADCAST { self.conns.len() } else { self.streams.get(target).map_or(0, HashSet::len) };
             d.expect(index, u32::try_from(local).unwrap_or(u32::MAX));
+            if local > 1 {
+                d.prepare(index);
+            }
             if target == BROADCAST {
                 for (id, conn) in &mut self.conns {
                     offer(*id, conn, target, index);
