@@ -13,6 +13,7 @@ use crate::hub::HubHandle;
 use crate::idempotency::Fingerprints;
 use crate::limits::RateLimiter;
 use crate::metrics::Metrics;
+use crate::queue::QueueLimits;
 use crate::stats::Sampler;
 use crate::webhook::Webhooks;
 use crate::webhook::presence::PresenceHandle;
@@ -45,4 +46,6 @@ pub struct AppState {
     pub notify_rate: RateLimiter,
     /// Which body each `Idempotency-Key` was first used with.
     pub idempotency: Fingerprints,
+    /// Byte limits of every connection's send queue.
+    pub queue_limits: Arc<QueueLimits>,
 }

@@ -36,9 +36,15 @@ pub struct Config {
     #[arg(long, env = "WSHUB_MAX_MESSAGE_BYTES", default_value_t = 512, value_parser = clap::value_parser!(u32).range(64..))]
     pub max_message_bytes: u32,
 
-    /// Frames queued per client before it counts as a slow consumer and is disconnected.
-    #[arg(long, env = "WSHUB_SEND_QUEUE", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
-    pub send_queue: u32,
+    /// Bytes queued per client (its soft bound): a client whose queue stays over it for longer
+    /// than --write-timeout is a slow consumer, closed with 4003 (docs/CONFIG.md has the hard cap).
+    #[arg(long, env = "WSHUB_MAX_QUEUE_BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(4096..=(1u64 << 32)))]
+    pub max_queue_bytes: u64,
+
+    /// Deprecated and ignored (the send queue is bounded in bytes: --max-queue-bytes); accepted
+    /// so existing deployments start, with a warning.
+    #[arg(long, env = "WSHUB_SEND_QUEUE", hide = true)]
+    pub send_queue: Option<u32>,
 
     /// Largest accepted `/notify` body, in bytes.
     #[arg(long, env = "WSHUB_MAX_BODY_BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(64..))]
@@ -109,6 +115,10 @@ pub struct Config {
     /// Events kept per stream for resume.
     #[arg(long, env = "WSHUB_HISTORY_SIZE", default_value_t = 100)]
     pub history_size: usize,
+
+    /// Bytes of history kept across all streams; the oldest events go first when it is exceeded.
+    #[arg(long, env = "WSHUB_HISTORY_MAX_BYTES", default_value_t = 128 << 20, value_parser = clap::value_parser!(u64).range(4096..))]
+    pub history_max_bytes: u64,
 
     /// Maximum age of kept events.
     #[arg(long, env = "WSHUB_HISTORY_TTL", default_value = "1h", value_parser = parse_duration)]
@@ -328,7 +338,15 @@ mod tests {
         assert_eq!(c.pong_timeout, Duration::from_secs(60));
         assert_eq!(c.write_timeout, Duration::from_secs(10));
         assert_eq!(c.max_message_bytes, 512);
-        assert_eq!(c.send_queue, 256);
+        assert_eq!(c.max_queue_bytes, 1 << 20);
+        assert_eq!(c.history_max_bytes, 128 << 20);
+        assert_eq!(c.send_queue, None);
+    }
+
+    #[test]
+    fn the_old_frame_count_flag_is_still_accepted() {
+        let c = Config::try_parse_from(["wshub", "--send-queue", "8"]).expect("accepted");
+        assert_eq!(c.send_queue, Some(8));
     }
 
     #[test]

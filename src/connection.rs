@@ -24,7 +24,7 @@ use crate::engine::{NewEvent, Published};
 use crate::hub::{Command, ConnId, NewConn, Outbound, Resume};
 use crate::metrics::Metrics;
 use crate::protocol::{ClientMessage, CloseReason, error_frame, now_rfc3339, to_frame, validate_channel};
-use crate::queue::{PushError, SendQueue};
+use crate::queue::{PushError, QueueLimits, SendQueue};
 
 /// The keep-alive and write timings of a connection.
 #[derive(Debug, Clone, Copy)]
@@ -53,8 +53,10 @@ where
     }
 }
 
-/// Most frames the writer sends with one flush.
+/// Most frames the writer sends with one flush ...
 const MAX_BATCH: usize = 64;
+/// ... and most bytes (or one frame, if larger): what a connection holds outside its queue.
+const MAX_BATCH_BYTES: usize = 64 * 1024;
 /// Client frames a connection may send per second on average ...
 const FRAMES_PER_S: f64 = 50.0;
 /// ... and in a burst (a page resubscribing many channels after a reconnect).
@@ -83,9 +85,9 @@ pub struct ConnShared {
 }
 
 impl ConnShared {
-    fn new(queue_capacity: usize) -> Self {
+    pub(crate) fn new(limits: Arc<QueueLimits>) -> Self {
         Self {
-            queue: SendQueue::new(queue_capacity),
+            queue: SendQueue::new(limits),
             stopped: AtomicBool::new(false),
             wake: Notify::new(),
             reason: AtomicU16::new(0),
@@ -95,9 +97,13 @@ impl ConnShared {
         }
     }
 
-    /// Closes the connection with `reason` (the first reason given wins).
+    /// Closes the connection with `reason` (the first reason given wins). A slow consumer's
+    /// queue is released at once: it will never read it, and its writer may still be blocked.
     pub fn close(&self, reason: CloseReason) {
         let _ = self.reason.compare_exchange(0, reason.code(), Ordering::AcqRel, Ordering::Acquire);
+        if reason == CloseReason::SlowConsumer {
+            self.queue.close();
+        }
         self.stop();
     }
 
@@ -207,7 +213,7 @@ async fn serve_inner(
     if let Some(user) = &identity.user {
         tracing::Span::current().record("user", user.as_str());
     }
-    let shared = Arc::new(ConnShared::new(app.config.send_queue as usize));
+    let shared = Arc::new(ConnShared::new(Arc::clone(&app.queue_limits)));
     let identity = identity.shared();
     let new = NewConn { id, identity: Arc::clone(&identity), shared: Arc::clone(&shared), remote, resume };
     if !app.hub.send(Command::Register(new)).await {
@@ -371,23 +377,21 @@ where
     let timer = sleep_until(keep_alive.next_wake(shared.last_heard()));
     tokio::pin!(timer);
     let mut batch: Vec<Outbound> = Vec::new();
-    let mut queued: Vec<Outbound> = Vec::new();
     let stopping = shared.stopping();
     tokio::pin!(stopping);
     loop {
         let result = tokio::select! {
             biased;
             _ = &mut stopping => break,
-            more = shared.queue.pop_into(&mut queued, MAX_BATCH) => {
+            more = shared.queue.pop_into(&mut batch, MAX_BATCH, MAX_BATCH_BYTES) => {
                 if !more {
                     break;
                 }
-                batch.clear();
-                queued.drain(..).for_each(|out| collect(&mut batch, out));
                 let sent = bounded(timing.write_timeout, send_all(&mut sink, &batch)).await;
                 if sent.is_ok() {
                     count_written(&batch, &metrics, &shared);
                 }
+                batch.clear();
                 sent
             }
             () = &mut timer => {
@@ -416,19 +420,10 @@ where
         // unless the reason is that the client does not read them.
         if reason != CloseReason::SlowConsumer {
             batch.clear();
-            queued.clear();
-            shared.queue.take_into(&mut queued, usize::MAX);
-            queued.drain(..).for_each(|out| collect(&mut batch, out));
+            shared.queue.take_all(&mut batch);
             let _ = timeout(CLOSE_WAIT, send_all(&mut sink, &batch)).await;
         }
         let _ = timeout(CLOSE_WAIT, sink.send(close_message(reason))).await;
-    }
-}
-
-fn collect(batch: &mut Vec<Outbound>, out: Outbound) {
-    match out {
-        Outbound::Batch(items) => items.into_iter().for_each(|item| collect(batch, item)),
-        item => batch.push(item),
     }
 }
 
@@ -439,8 +434,8 @@ where
     for item in batch {
         let frame = match item {
             Outbound::Frame(frame) => Utf8Bytes::clone(frame),
-            Outbound::Event(delivery, index) => delivery.frames[*index as usize].clone(),
-            Outbound::Batch(_) => continue,
+            // Serialized here, by the writer, unless another connection already did it.
+            Outbound::Event(delivery, index) | Outbound::Replayed(delivery, index) => delivery.take_frame(*index),
         };
         sink.feed(Message::Text(frame)).await?;
     }
@@ -454,23 +449,24 @@ const LOCAL_LATENCY_BATCH: usize = 4;
 /// Counts written events for receipts, and observes the delivery latency of each live event once
 /// (replays are not observed: see `Delivery::received`).
 fn count_written(batch: &[Outbound], metrics: &Metrics, shared: &ConnShared) {
-    let events = || {
+    let events = || batch.iter().filter_map(|item| item.delivery().map(|(delivery, _)| delivery));
+    // One latency sample per live event (replays measure the client's absence, not the hub).
+    let live = || {
         batch.iter().filter_map(|item| match item {
             Outbound::Event(delivery, _) => Some(delivery),
             _ => None,
         })
     };
-    if events().next().is_none() {
-        return;
-    }
-    let now = std::time::Instant::now();
-    let latencies = events().filter_map(|d| d.received).map(|at| now.saturating_duration_since(at).as_secs_f64());
-    if events().filter(|d| d.received.is_some()).nth(LOCAL_LATENCY_BATCH).is_some() {
-        let local = metrics.delivery_latency.local();
-        latencies.for_each(|s| local.observe(s));
-        local.flush();
-    } else {
-        latencies.for_each(|s| metrics.delivery_latency.observe(s));
+    if live().next().is_some() {
+        let now = std::time::Instant::now();
+        let latencies = live().map(|d| now.saturating_duration_since(d.received).as_secs_f64());
+        if live().nth(LOCAL_LATENCY_BATCH).is_some() {
+            let local = metrics.delivery_latency.local();
+            latencies.for_each(|s| local.observe(s));
+            local.flush();
+        } else {
+            latencies.for_each(|s| metrics.delivery_latency.observe(s));
+        }
     }
     for delivery in events() {
         delivery.event.receipt.written.fetch_add(1, Ordering::Relaxed);
@@ -779,7 +775,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_client_that_answers_pings_stays_connected_for_ten_minutes_at_default_timings() {
-        let shared = Arc::new(ConnShared::new(16));
+        let shared = Arc::new(ConnShared::new(crate::queue::test_limits(1 << 20)));
         let opened = Instant::now();
         let mut socket = spawn_writer(&shared);
         let mut pings = Vec::new();
@@ -799,7 +795,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_client_is_pinged_at_54s_then_dropped_with_4005_at_60s() {
-        let shared = Arc::new(ConnShared::new(16));
+        let shared = Arc::new(ConnShared::new(crate::queue::test_limits(1 << 20)));
         let opened = Instant::now();
         let mut socket = spawn_writer(&shared);
         let first = socket.recv().await.expect("a ping");
@@ -813,7 +809,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn any_frame_from_the_client_moves_the_silence_deadline() {
-        let shared = Arc::new(ConnShared::new(16));
+        let shared = Arc::new(ConnShared::new(crate::queue::test_limits(1 << 20)));
         let opened = Instant::now();
         let mut socket = spawn_writer(&shared);
         // The client talks at 50 s but ignores the pings at 54 s and 108 s: dropped 60 s after

@@ -1,5 +1,6 @@
-//! In-memory event history per stream: the last N events (and no older than the TTL), and
-//! the positions a resume needs to tell whether anything was lost.
+//! In-memory event history per stream: the last N events (and no older than the TTL), within a
+//! global byte budget that evicts the oldest events across streams, and the positions a resume
+//! needs to tell whether anything was lost.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Weak};
@@ -24,12 +25,16 @@ struct StreamHistory {
     trimmed_upto: u64,
 }
 
-/// Per-stream history with size and age limits.
+/// Per-stream history with size and age limits and a global byte budget.
 #[derive(Debug)]
 pub struct History {
     streams: HashMap<String, StreamHistory>,
     default_size: usize,
     ttl_ms: u64,
+    /// Most bytes held across all streams (`--history-max-bytes`).
+    max_bytes: usize,
+    /// Every kept event once, oldest first (weak: the streams own them), for budget eviction.
+    order: VecDeque<Weak<Event>>,
     /// Highest seq trimmed from any stream that has since been forgotten entirely.
     forgotten_upto: u64,
     bytes: usize,
@@ -52,13 +57,24 @@ const RECENT_EVENTS: usize = 1000;
 /// Least time between two expiry passes (the TTL is honoured to within this).
 const EXPIRE_EVERY_MS: u64 = 250;
 
+/// Bytes a stream costs besides its events (map entry, name, queue), counted in the budget so
+/// that events to ever new stream names cannot grow memory past it.
+const STREAM_OVERHEAD: usize = 160;
+
+fn stream_cost(name: &str) -> usize {
+    STREAM_OVERHEAD + name.len()
+}
+
 impl History {
-    /// Empty history keeping `size` events per stream for `ttl_ms` milliseconds.
-    pub fn new(size: usize, ttl_ms: u64) -> Self {
+    /// Empty history keeping `size` events per stream for `ttl_ms` milliseconds, and at most
+    /// `max_bytes` bytes in all.
+    pub fn new(size: usize, ttl_ms: u64, max_bytes: usize) -> Self {
         Self {
             streams: HashMap::new(),
             default_size: size,
             ttl_ms,
+            max_bytes,
+            order: VecDeque::new(),
             forgotten_upto: 0,
             bytes: 0,
             by_id: HashMap::new(),
@@ -89,11 +105,15 @@ impl History {
             self.recent.pop_front();
         }
         self.recent.push_back(Arc::downgrade(event));
+        self.order.push_back(Arc::downgrade(event));
         let mut popped = Vec::new();
         for target in &event.targets {
             let limit = size_of(target).unwrap_or(self.default_size).max(1);
             // A stream that comes back after being forgotten may have lost events before.
             let floor = self.restored_floor.max(self.forgotten_upto);
+            if !self.streams.contains_key(target) {
+                self.bytes += stream_cost(target);
+            }
             let stream = self
                 .streams
                 .entry(target.clone())
@@ -107,7 +127,33 @@ impl History {
                 }
             }
         }
+        while self.bytes > self.max_bytes && self.evict_oldest(&mut popped) {}
         self.settle(popped)
+    }
+
+    /// Takes the oldest kept event out of every stream that holds it (the global budget);
+    /// false when nothing is left to evict.
+    fn evict_oldest(&mut self, popped: &mut Vec<Arc<Event>>) -> bool {
+        let Some(oldest) = self.order.pop_front() else {
+            return false;
+        };
+        // Already trimmed from its streams and gone: nothing to do.
+        let Some(event) = oldest.upgrade() else { return true };
+        for target in &event.targets {
+            let Some(stream) = self.streams.get_mut(target) else { continue };
+            // Streams keep seq order and this is the oldest event overall: it is at the front.
+            if stream.events.front().is_some_and(|e| e.seq == event.seq) {
+                stream.events.pop_front();
+                stream.trimmed_upto = stream.trimmed_upto.max(event.seq);
+                popped.push(Arc::clone(&event));
+                if stream.events.is_empty() {
+                    self.forgotten_upto = self.forgotten_upto.max(stream.trimmed_upto);
+                    self.streams.remove(target);
+                    self.bytes = self.bytes.saturating_sub(stream_cost(target));
+                }
+            }
+        }
+        true
     }
 
     /// Drops events older than the TTL and forgets streams left empty.
@@ -121,7 +167,9 @@ impl History {
         let cutoff = now_ms.saturating_sub(self.ttl_ms);
         let mut popped = Vec::new();
         let mut forgotten = self.forgotten_upto;
-        self.streams.retain(|_, stream| {
+        let mut released = 0;
+        let mut kept_entries = 0;
+        self.streams.retain(|name, stream| {
             while stream.events.front().is_some_and(|e| e.accepted_ms < cutoff) {
                 if let Some(old) = stream.events.pop_front() {
                     stream.trimmed_upto = stream.trimmed_upto.max(old.seq);
@@ -131,10 +179,18 @@ impl History {
             let keep = !stream.events.is_empty();
             if !keep {
                 forgotten = forgotten.max(stream.trimmed_upto);
+                released += stream_cost(name);
             }
+            kept_entries += stream.events.len();
             keep
         });
         self.forgotten_upto = forgotten;
+        self.bytes = self.bytes.saturating_sub(released);
+        // Events trimmed per stream leave dead entries in the eviction order: drop them now and
+        // then, so the order stays within a constant factor of what is kept.
+        if self.order.len() > 2 * kept_entries + 1024 {
+            self.order.retain(|e| e.strong_count() > 0);
+        }
         if self.by_id.len() > 2 * self.pruned_at_len + 1024 {
             self.by_id.retain(|_, e| e.strong_count() > 0);
             self.pruned_at_len = self.by_id.len();
@@ -251,12 +307,44 @@ mod tests {
             exclude: None,
             accepted_ms: ms,
             receipt: Default::default(),
+            delivery: Default::default(),
         })
     }
 
     #[test]
+    fn the_byte_budget_evicts_the_oldest_events_across_streams() {
+        // Room for ten events in ten fresh streams (ids grow from "e1" to "e100"); a hundred
+        // are published.
+        let budget = 10 * (ev(100, &["c-0100"], 0).heap_bytes() + stream_cost("c-0001"));
+        let mut h = History::new(100, 60_000, budget);
+        let mut evicted = Vec::new();
+        for seq in 1..=100 {
+            evicted.extend(h.append(&ev(seq, &[&format!("c-{seq:04}")], 0), |_| None));
+            assert!(h.bytes() <= budget, "{} bytes after event {seq}", h.bytes());
+        }
+        assert_eq!(evicted, (1..=90).collect::<Vec<_>>(), "oldest first");
+        assert_eq!(h.stream_count(), 10);
+        assert_eq!(h.evicted_upto(), 90);
+        // A stream whose events were evicted reports the loss to a resume.
+        assert!(!h.replay(&["c-0005".into()], Some(0)).recovered);
+        let kept = h.replay(&["c-0095".into()], Some(94));
+        assert!(kept.recovered);
+        assert_eq!(kept.events.len(), 1);
+    }
+
+    #[test]
+    fn the_eviction_order_does_not_grow_with_events_trimmed_per_stream() {
+        let mut h = History::new(2, 60_000, usize::MAX);
+        for seq in 1..=10_000 {
+            h.append(&ev(seq, &["a"], seq), |_| None);
+        }
+        h.expire(10_000);
+        assert!(h.order.len() <= 2 * 2 + 1024, "{} entries", h.order.len());
+    }
+
+    #[test]
     fn replay_merges_streams_once_in_order() {
-        let mut h = History::new(10, 60_000);
+        let mut h = History::new(10, 60_000, usize::MAX);
         h.append(&ev(1, &["a"], 0), |_| None);
         h.append(&ev(2, &["a", "b"], 0), |_| None);
         h.append(&ev(3, &["b"], 0), |_| None);
@@ -268,7 +356,7 @@ mod tests {
 
     #[test]
     fn an_event_is_evicted_only_when_no_stream_keeps_it() {
-        let mut h = History::new(1, 60_000);
+        let mut h = History::new(1, 60_000, usize::MAX);
         h.append(&ev(1, &["a", "b"], 0), |_| None);
         assert!(h.append(&ev(2, &["a"], 0), |_| None).is_empty());
         assert_eq!(h.append(&ev(3, &["b"], 0), |_| None), vec![1]);
@@ -277,7 +365,7 @@ mod tests {
 
     #[test]
     fn trimmed_positions_are_not_recovered() {
-        let mut h = History::new(2, 60_000);
+        let mut h = History::new(2, 60_000, usize::MAX);
         for seq in 1..=4 {
             h.append(&ev(seq, &["a"], 0), |_| None);
         }
@@ -289,7 +377,7 @@ mod tests {
 
     #[test]
     fn expiry_forgets_streams_but_remembers_the_loss() {
-        let mut h = History::new(10, 1_000);
+        let mut h = History::new(10, 1_000, usize::MAX);
         h.append(&ev(5, &["a"], 0), |_| None);
         assert_eq!(h.expire(10_000), vec![5]);
         assert_eq!(h.stream_count(), 0);

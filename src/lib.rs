@@ -15,7 +15,7 @@
 //! - [`limits`]: connection limits and the `/notify` rate per address.
 //! - [`json_error`]: JSON errors in the caller's words, never Rust type names.
 //! - [`store`]: durable history on disk for `--data-dir`.
-//! - [`queue`]: a connection's bounded send queue.
+//! - [`queue`]: a connection's send queue, bounded in bytes.
 //! - [`metrics`]: Prometheus counters.
 //! - [`stats`]: per-second samples for `/stats` and the live dashboard.
 //! - [`webhook`]: signed webhooks to the backend, debounced presence, `/presence/users`.
@@ -34,8 +34,8 @@ pub mod history;
 pub mod http;
 pub mod hub;
 pub mod idempotency;
-pub mod limits;
 pub mod json_error;
+pub mod limits;
 pub mod metrics;
 pub mod namespace;
 pub mod protocol;
@@ -104,6 +104,18 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
     let hub_task = tokio::spawn(actor.run(inbox));
     let shutdown_timeout = config.shutdown_timeout;
     let (config_notify_rate, idempotency_ttl) = (config.notify_rate, config.idempotency_ttl);
+    if let Some(frames) = config.send_queue {
+        tracing::warn!(
+            frames,
+            "--send-queue (WSHUB_SEND_QUEUE) is deprecated and ignored: send queues are bounded in bytes by --max-queue-bytes"
+        );
+    }
+    let queue_limits = Arc::new(queue::QueueLimits::new(
+        usize::try_from(config.max_queue_bytes).unwrap_or(usize::MAX),
+        config.max_body_bytes as usize,
+        config.write_timeout,
+        metrics.queue_bytes.clone(),
+    ));
     let app = Arc::new(AppState {
         config,
         hub: hub.clone(),
@@ -118,6 +130,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
         presence: hooks.presence,
         notify_rate: limits::RateLimiter::new(config_notify_rate),
         idempotency: idempotency::Fingerprints::new(idempotency_ttl),
+        queue_limits,
     });
     tokio::spawn(stats::run(Arc::clone(&app)));
     let router = http::router(Arc::clone(&app));

@@ -20,7 +20,7 @@ pub struct Metrics {
     pub events_published: IntCounter,
     /// Frames queued to connections.
     pub deliveries: IntCounter,
-    /// Connections dropped because their queue was full.
+    /// Connections dropped because their queue stayed over its byte bound.
     pub slow_consumers: IntCounter,
     /// Refused tokens, by reason.
     pub auth_failures: IntCounterVec,
@@ -30,6 +30,8 @@ pub struct Metrics {
     pub channels: IntGauge,
     /// Bytes of history held.
     pub history_bytes: IntGauge,
+    /// Bytes queued for writing in all connections' send queues.
+    pub queue_bytes: IntGauge,
     /// Seconds from publish accepted (or received from Redis) to frame written to the socket, one
     /// sample per live event written (replays are not observed).
     pub delivery_latency: Histogram,
@@ -67,8 +69,10 @@ impl Metrics {
         )?;
         let events_published = IntCounter::new("wshub_events_fanned_out_total", "Events fanned out by this node")?;
         let deliveries = IntCounter::new("wshub_deliveries_total", "Frames queued to connections")?;
-        let slow_consumers =
-            IntCounter::new("wshub_slow_consumer_disconnects_total", "Connections dropped for a full send queue")?;
+        let slow_consumers = IntCounter::new(
+            "wshub_slow_consumer_disconnects_total",
+            "Connections dropped for a send queue over its bound",
+        )?;
         let auth_failures = IntCounterVec::new(
             Opts::new("wshub_auth_failures_total", "Refused client tokens, by reason"),
             &["reason"],
@@ -77,6 +81,8 @@ impl Metrics {
             IntCounterVec::new(Opts::new("wshub_publish_rejected_total", "Refused publishes, by reason"), &["reason"])?;
         let channels = IntGauge::new("wshub_channels", "Streams with local subscribers")?;
         let history_bytes = IntGauge::new("wshub_history_bytes", "Bytes of event history held")?;
+        let queue_bytes =
+            IntGauge::new("wshub_queue_bytes", "Bytes queued in all send queues (shared frames counted per queue)")?;
         let delivery_latency = Histogram::with_opts(
             HistogramOpts::new(
                 "wshub_delivery_latency_seconds",
@@ -126,6 +132,7 @@ impl Metrics {
         registry.register(Box::new(publish_rejected.clone()))?;
         registry.register(Box::new(channels.clone()))?;
         registry.register(Box::new(history_bytes.clone()))?;
+        registry.register(Box::new(queue_bytes.clone()))?;
         registry.register(Box::new(delivery_latency.clone()))?;
         registry.register(Box::new(store_commits.clone()))?;
         registry.register(Box::new(store_commit_seconds.clone()))?;
@@ -143,6 +150,7 @@ impl Metrics {
             publish_rejected,
             channels,
             history_bytes,
+            queue_bytes,
             delivery_latency,
             webhooks_sent,
             webhooks_failed,

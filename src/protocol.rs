@@ -1,8 +1,8 @@
 //! The wire protocol: client frames, server control frames, notifications and close codes.
 //! docs/PROTOCOL.md is the reference; this module is its code.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use axum::extract::ws::Utf8Bytes;
 use serde::{Deserialize, Serialize};
@@ -104,7 +104,7 @@ pub enum CloseReason {
     Unauthorized,
     /// The token expired while connected.
     TokenExpired,
-    /// The send queue filled up.
+    /// The send queue stayed over its byte bound (or would have passed its hard cap).
     SlowConsumer,
     /// An operator disconnected the client.
     Kicked,
@@ -199,6 +199,10 @@ pub struct Event {
     /// Delivery receipt counters (local to this process).
     #[serde(skip)]
     pub receipt: Receipt,
+    /// The delivery currently carrying this event's frames, so a replay shares them with live
+    /// recipients and with other replays instead of serializing its own copies.
+    #[serde(skip)]
+    pub delivery: Mutex<Weak<Delivery>>,
 }
 
 /// How far an event got: connections it was written to and acknowledged by.
@@ -253,7 +257,11 @@ struct EventFrame<'a> {
 impl Event {
     /// Serializes the client frame for delivery through `channel`.
     pub fn frame(&self, channel: &str, epoch: &str) -> Utf8Bytes {
-        let frame = EventFrame {
+        to_frame(&self.frame_fields(channel, epoch))
+    }
+
+    fn frame_fields<'a>(&'a self, channel: &'a str, epoch: &'a str) -> EventFrame<'a> {
+        EventFrame {
             id: &self.id,
             kind: &self.kind,
             message: &self.message,
@@ -263,8 +271,7 @@ impl Event {
             seq: self.seq,
             epoch,
             from: self.from.as_deref(),
-        };
-        to_frame(&frame)
+        }
     }
 
     /// Approximate heap bytes held by this event (for history accounting).
@@ -280,29 +287,156 @@ impl Event {
     }
 }
 
-/// An event with its frames serialized once per target stream.
+/// An event with its frames, one per target stream, serialized when first needed (by the first
+/// writer) and shared by every recipient of that stream. A frame is kept only while more than one
+/// queued item may still take it: a publish to 1,000 users, each with one connection, never
+/// holds 1,000 frames at once, and a target with no local recipient is never serialized.
 #[derive(Debug)]
 pub struct Delivery {
     /// The event.
     pub event: Arc<Event>,
-    /// One frame per entry of `event.targets`, in the same order.
-    pub frames: Vec<Utf8Bytes>,
-    /// When this process accepted the event (or got it from Redis), for the delivery-latency
-    /// histogram; `None` for a replayed event, whose delay is the client's absence, not the hub's.
-    pub received: Option<std::time::Instant>,
+    /// The epoch written into the frames.
+    epoch: Box<str>,
+    /// One slot per entry of `event.targets`, in the same order.
+    slots: Box<[FrameSlot]>,
+    /// Frame length without the `channel` value, computed once.
+    base_len: OnceLock<usize>,
+    /// When this process got the event, for the delivery-latency histogram.
+    pub received: std::time::Instant,
+}
+
+/// One target's frame, kept while more than one queued item may still take it.
+#[derive(Debug, Default)]
+struct FrameSlot {
+    frame: Mutex<Option<Utf8Bytes>>,
+    /// Queued items that may still take this frame.
+    waiting: AtomicU32,
+    /// The frame's length once computed (0: not yet); queues ask for it on every push and take.
+    len: AtomicUsize,
 }
 
 impl Delivery {
-    /// Serializes the frames of `event` for each of its targets.
+    /// A delivery of `event` whose frames carry `epoch`; nothing is serialized yet.
     pub fn new(event: Arc<Event>, epoch: &str) -> Self {
-        let frames = event.targets.iter().map(|t| event.frame(t, epoch)).collect();
-        Self { event, frames, received: Some(std::time::Instant::now()) }
+        let slots = event.targets.iter().map(|_| FrameSlot::default()).collect();
+        Self { event, epoch: epoch.into(), slots, base_len: OnceLock::new(), received: std::time::Instant::now() }
     }
 
-    /// A delivery with one already serialized frame (a replayed event), at index 0.
-    pub fn with_frame(event: Arc<Event>, frame: Utf8Bytes) -> Self {
-        Self { event, frames: vec![frame], received: None }
+    /// The delivery carrying `event` now (live or replayed), or a new one that later replays
+    /// will share: one set of frames per event and stream however many connections need it.
+    pub fn shared(event: &Arc<Event>, epoch: &str) -> Arc<Self> {
+        let mut slot = event.delivery.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(existing) = slot.upgrade().filter(|d| *d.epoch == *epoch) {
+            return existing;
+        }
+        let delivery = Arc::new(Self::new(Arc::clone(event), epoch));
+        *slot = Arc::downgrade(&delivery);
+        delivery
     }
+
+    /// Index of `stream` among the event's targets (0 when it is not one, e.g. `broadcast`).
+    pub fn index_of(&self, stream: &str) -> u32 {
+        let found = self.event.targets.iter().position(|t| t == stream).unwrap_or(0);
+        u32::try_from(found).unwrap_or(0)
+    }
+
+    /// Exact length of frame `index`, without serializing it.
+    pub fn frame_len(&self, index: u32) -> usize {
+        let base = || {
+            *self.base_len.get_or_init(|| {
+                let mut counter = ByteCounter(0);
+                let _ = serde_json::to_writer(&mut counter, &self.event.frame_fields("", &self.epoch));
+                counter.0
+            })
+        };
+        let Some(slot) = self.slots.get(index as usize) else { return base() };
+        match slot.len.load(Ordering::Relaxed) {
+            0 => {
+                let len = base() + self.target(index).map_or(0, |t| json_string_len(t) - 2);
+                slot.len.store(len, Ordering::Relaxed);
+                len
+            }
+            len => len,
+        }
+    }
+
+    /// Announces `items` more queued items that may take frame `index` (the hub announces a
+    /// stream's local subscribers before fanning out, so the first writer knows to keep it).
+    pub fn expect(&self, index: u32, items: u32) {
+        if let Some(slot) = self.slots.get(index as usize) {
+            slot.waiting.fetch_add(items, Ordering::AcqRel);
+        }
+    }
+
+    /// Serializes frame `index` now when several queued items will take it, so the writers
+    /// only copy a pointer (the hub calls this before fanning a shared stream out).
+    pub fn prepare(&self, index: u32) {
+        let Some(slot) = self.slots.get(index as usize) else { return };
+        let mut cached = slot.frame.lock().unwrap_or_else(PoisonError::into_inner);
+        if cached.is_none() && slot.waiting.load(Ordering::Acquire) > 1 {
+            *cached = Some(self.event.frame(self.target(index).unwrap_or(BROADCAST), &self.epoch));
+        }
+    }
+
+    /// Frame `index` for one queued item (announced with [`Delivery::expect`]): serialized once
+    /// and kept while other items may still take it, dropped when the last one has. A frame for
+    /// a single recipient is never kept, so it lives only while that connection writes it.
+    pub fn take_frame(&self, index: u32) -> Utf8Bytes {
+        let Some(slot) = self.slots.get(index as usize) else {
+            return self.event.frame(BROADCAST, &self.epoch);
+        };
+        let mut cached = slot.frame.lock().unwrap_or_else(PoisonError::into_inner);
+        let frame = match cached.as_ref() {
+            Some(frame) => frame.clone(),
+            None => {
+                let frame = self.event.frame(self.target(index).unwrap_or(BROADCAST), &self.epoch);
+                if slot.waiting.load(Ordering::Acquire) > 1 {
+                    *cached = Some(frame.clone());
+                }
+                frame
+            }
+        };
+        let before = slot.waiting.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| Some(w.saturating_sub(1)));
+        if before.unwrap_or(0) <= 1 {
+            *cached = None;
+        }
+        frame
+    }
+
+    /// Frame `index` without taking part in the sharing (tests, diagnostics).
+    pub fn frame(&self, index: u32) -> Utf8Bytes {
+        self.event.frame(self.target(index).unwrap_or(BROADCAST), &self.epoch)
+    }
+
+    /// Serialized frames currently kept for sharing (for tests of the memory bound).
+    pub fn kept_frames(&self) -> usize {
+        self.slots.iter().filter(|s| s.frame.lock().is_ok_and(|f| f.is_some())).count()
+    }
+
+    fn target(&self, index: u32) -> Option<&str> {
+        self.event.targets.get(index as usize).map(String::as_str)
+    }
+}
+
+/// Counts bytes written through it.
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Length of `s` as a JSON string literal, quotes included.
+fn json_string_len(s: &str) -> usize {
+    let mut counter = ByteCounter(0);
+    let _ = serde_json::to_writer(&mut counter, s);
+    counter.0
 }
 
 /// Serializes a value that cannot fail to serialize (plain structs of strings and numbers).
@@ -371,6 +505,52 @@ mod tests {
         assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"dance"}"#).is_err());
     }
 
+    fn event_to(targets: Vec<String>, data: &str) -> Arc<Event> {
+        Arc::new(Event {
+            id: "e1".into(),
+            seq: 7,
+            kind: "test".into(),
+            message: String::new(),
+            data: RawValue::from_string(data.into()).expect("raw"),
+            timestamp: "2026-01-01T00:00:00.000Z".into(),
+            targets,
+            from: None,
+            exclude: None,
+            accepted_ms: 0,
+            receipt: Receipt::default(),
+            delivery: Default::default(),
+        })
+    }
+
+    #[test]
+    fn a_publish_to_many_single_recipients_never_keeps_their_frames() {
+        let users: Vec<String> = (0..1000).map(|u| format!("user:u{u}")).collect();
+        let d = Delivery::new(event_to(users, r#"{"blob":"xxxxxxxx"}"#), "ep");
+        assert_eq!(d.kept_frames(), 0, "nothing is serialized before a recipient needs it");
+        for index in 0..1000 {
+            d.expect(index, 1);
+            let frame = d.take_frame(index);
+            assert_eq!(frame.len(), d.frame_len(index), "the queue's byte count is exact");
+            assert_eq!(d.kept_frames(), 0, "a frame for one recipient lives only while written");
+        }
+    }
+
+    #[test]
+    fn a_shared_frame_is_serialized_once_and_replays_reuse_it() {
+        let event = event_to(vec![BROADCAST.into()], "{}");
+        let live = Delivery::shared(&event, "ep");
+        live.expect(0, 2);
+        let first = live.take_frame(0);
+        // A replay announced before the second live recipient took it shares the same frame.
+        let replay = Delivery::shared(&event, "ep");
+        assert!(Arc::ptr_eq(&live, &replay), "a replay shares the live delivery");
+        replay.expect(0, 1);
+        let second = live.take_frame(0);
+        assert_eq!(first.as_str().as_ptr(), second.as_str().as_ptr(), "one copy for every recipient");
+        assert_eq!(replay.take_frame(0).as_str().as_ptr(), first.as_str().as_ptr());
+        assert_eq!(live.kept_frames(), 0, "dropped once the last recipient took it");
+    }
+
     #[test]
     fn frame_has_go_hub_fields_and_position() {
         let data = RawValue::from_string(r#"{"a":1}"#.into()).expect("raw");
@@ -386,6 +566,7 @@ mod tests {
             exclude: None,
             accepted_ms: 0,
             receipt: Receipt::default(),
+            delivery: Default::default(),
         };
         let v: serde_json::Value = serde_json::from_str(&ev.frame(BROADCAST, "ep")).expect("json");
         assert_eq!(v["type"], "test");

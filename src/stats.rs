@@ -284,6 +284,7 @@ pub async fn snapshot(app: &AppState) -> Result<Value, EngineError> {
         "publish_rejected_total": publish_rejected.values().sum::<u64>(),
         "publish_rejected": publish_rejected,
         "history_bytes": m.history_bytes.get(),
+        "queue_bytes": m.queue_bytes.get(),
         "rss_bytes": rss_bytes(),
         "uptime_s": app.started.elapsed().as_secs(),
         "engine": app.engine.health(),
@@ -383,6 +384,7 @@ mod tests {
                 exclude: None,
                 accepted_ms: 0,
                 receipt: Default::default(),
+                delivery: Default::default(),
             });
             let row = EventRow { event, receipt: Some((json!(2), json!(1))) };
             let text = serde_json::to_string(&row).expect("serializes");

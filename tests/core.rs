@@ -174,7 +174,7 @@ async fn garbage_frames_get_hub_errors_and_the_connection_stays_up() {
 
 #[tokio::test]
 async fn a_slow_consumer_is_dropped_while_others_keep_receiving() {
-    let hub = TestHub::start(&["--send-queue", "8", "--write-timeout", "30s"]).await;
+    let hub = TestHub::start(&["--max-queue-bytes", "65536", "--write-timeout", "30s"]).await;
     let _slow = never_reading_client(&hub).await;
     let mut fast = hub.client().await;
     let blob = "x".repeat(60_000);

@@ -187,7 +187,7 @@ async fn stats_report_what_the_clients_did() {
 
 #[tokio::test]
 async fn metrics_parse_and_count_what_the_test_did() {
-    let hub = keyed_hub(&["--send-queue", "8", "--write-timeout", "30s"]).await;
+    let hub = keyed_hub(&["--max-queue-bytes", "65536", "--write-timeout", "30s"]).await;
     // A slow consumer first, while it is the only connection: 60 kB broadcasts until it is dropped.
     let _slow = never_reading_client(&hub).await;
     let blob = "x".repeat(60_000);

@@ -88,7 +88,8 @@ impl Core {
             self.position.store(last.seq, Ordering::Release);
         }
         let stamped = events.iter().map(|e| (e.id.clone(), e.seq)).collect();
-        let deliveries = events.iter().map(|e| Arc::new(Delivery::new(Arc::clone(e), &self.epoch))).collect();
+        // Shared deliveries: a replay of these events reuses their frames.
+        let deliveries = events.iter().map(|e| Delivery::shared(e, &self.epoch)).collect();
         // With a data dir the events are on disk, so accepted even if the hub has stopped: they
         // are replayed to clients after the restart. In memory they are accepted when the hub
         // takes them.
@@ -133,7 +134,8 @@ impl MemoryEngine {
     /// `--data-dir`, history and epoch are restored from and written to disk.
     pub fn new(hub: HubHandle, config: &crate::config::Config, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
         let ttl_ms = u64::try_from(config.history_ttl.as_millis()).unwrap_or(u64::MAX);
-        let mut history = History::new(config.history_size, ttl_ms);
+        let max_bytes = usize::try_from(config.history_max_bytes).unwrap_or(usize::MAX);
+        let mut history = History::new(config.history_size, ttl_ms, max_bytes);
         let mut epoch = new_epoch();
         let mut seq = 0;
         let store = match &config.data_dir {
@@ -205,6 +207,7 @@ pub(crate) fn stamp(new: NewEvent, seq: u64, timestamp: &str, accepted_ms: u64) 
         exclude: new.exclude,
         accepted_ms,
         receipt: Default::default(),
+        delivery: Default::default(),
     }
 }
 

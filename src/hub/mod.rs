@@ -2,8 +2,8 @@
 //! events out. It is fed by two channels: commands (bounded; from connections and HTTP handlers)
 //! and deliveries (unbounded, so the engine can hand over events in seq order without awaiting).
 //!
-//! The hub never awaits a client: it pushes into each bounded send queue without waiting, and a
-//! full queue means a slow consumer, dropped with close code 4003.
+//! The hub never awaits a client: it pushes into each send queue (bounded in bytes, see `queue`)
+//! without waiting, and a queue over its bound means a slow consumer, dropped with close code 4003.
 //!
 //! Resume is exact because subscribing and replaying are one step per stream (see `resume`);
 //! `queries` answers the admin endpoints.
@@ -42,16 +42,19 @@ pub const MAX_SUBSCRIPTIONS: usize = 256;
 /// Capacity of the command channel.
 const COMMAND_QUEUE: usize = 4096;
 
+/// Bytes a queued item costs besides its frame: its slot, and the box or the frame's header.
+pub const ITEM_OVERHEAD: usize = 64;
+
 /// What goes into a connection's send queue.
 #[derive(Debug)]
 pub enum Outbound {
-    /// A control frame (`hub:*`) or a replayed event. Boxed, like `Batch`, to keep queue
-    /// slots at 16 bytes: every connection's queue allocates its first block of slots up front.
+    /// A control frame (`hub:*`). Boxed to keep queue slots at 16 bytes.
     Frame(Box<Utf8Bytes>),
-    /// A live event: frame `index` of the delivery; the writer counts it as written.
+    /// A live event: frame `index` of the delivery (announced by the fan-out), shared with every
+    /// other connection that receives it; the writer counts it as written and samples its latency.
     Event(Arc<Delivery>, u32),
-    /// Items that must stay together (a resume reply and its replay); takes one slot.
-    Batch(Box<Vec<Outbound>>),
+    /// A replayed event: like `Event`, shared the same way, but not a latency sample.
+    Replayed(Arc<Delivery>, u32),
 }
 
 impl Outbound {
@@ -60,9 +63,29 @@ impl Outbound {
         Self::Frame(Box::new(frame))
     }
 
-    /// Items sent together.
-    pub fn batch(items: Vec<Outbound>) -> Self {
-        Self::Batch(Box::new(items))
+    /// A replayed event: frame `index` of the event's shared delivery, announced to it so the
+    /// frame is serialized once for every connection that replays or receives it.
+    pub fn replayed(delivery: Arc<Delivery>, index: u32) -> Self {
+        delivery.expect(index, 1);
+        Self::Replayed(delivery, index)
+    }
+
+    /// The event this item carries, if any.
+    pub fn delivery(&self) -> Option<(&Arc<Delivery>, u32)> {
+        match self {
+            Self::Frame(_) => None,
+            Self::Event(delivery, index) | Self::Replayed(delivery, index) => Some((delivery, *index)),
+        }
+    }
+
+    /// Bytes this item counts for in a send queue: the frame's length plus [`ITEM_OVERHEAD`],
+    /// so that many tiny frames are bounded too.
+    pub fn cost(&self) -> usize {
+        ITEM_OVERHEAD
+            + match self {
+                Self::Frame(frame) => frame.len(),
+                Self::Event(delivery, index) | Self::Replayed(delivery, index) => delivery.frame_len(*index),
+            }
     }
 }
 
@@ -288,6 +311,16 @@ enum Offer {
     Dropped(CloseReason),
 }
 
+impl From<Result<(), PushError>> for Offer {
+    fn from(result: Result<(), PushError>) -> Self {
+        match result {
+            Ok(()) => Self::Sent,
+            Err(PushError::Full) => Self::Dropped(CloseReason::SlowConsumer),
+            Err(PushError::Closed) => Self::Dropped(CloseReason::GoingAway),
+        }
+    }
+}
+
 impl Conn {
     /// Offers one event through `stream`; at most once per event however many streams match.
     fn offer(&mut self, delivery: &Arc<Delivery>, index: u32, stream: &str, round: u64) -> Offer {
@@ -307,10 +340,19 @@ impl Conn {
     }
 
     fn push(&self, out: Outbound) -> Offer {
-        match self.shared.queue.push(out) {
-            Ok(()) => Offer::Sent,
-            Err(PushError::Full) => Offer::Dropped(CloseReason::SlowConsumer),
-            Err(PushError::Closed) => Offer::Dropped(CloseReason::GoingAway),
+        Offer::from(self.shared.queue.push(out))
+    }
+
+    /// Queues a resume reply with its events (see [`crate::queue::SendQueue::push_reply`]).
+    fn push_reply(&self, items: Vec<Outbound>) -> Offer {
+        Offer::from(self.shared.queue.push_reply(items))
+    }
+
+    /// Ends the resume bookkeeping once no resume is pending, so nothing (such as the seqs
+    /// sent live meanwhile) keeps growing for a connection that has nothing left to resume.
+    fn settle_resuming(&mut self) {
+        if self.resuming.as_ref().is_some_and(|r| r.pending.is_empty() && r.deferred.is_empty()) {
+            self.resuming = None;
         }
     }
 
@@ -455,6 +497,14 @@ impl Hub {
             }
         };
         for (index, target) in (0u32..).zip(&d.event.targets) {
+            // Announced before fanning out; a frame for several connections is serialized here,
+            // once, and each writer takes a pointer to it.
+            let local =
+                if target == BROADCAST { self.conns.len() } else { self.streams.get(target).map_or(0, HashSet::len) };
+            d.expect(index, u32::try_from(local).unwrap_or(u32::MAX));
+            if local > 1 {
+                d.prepare(index);
+            }
             if target == BROADCAST {
                 for (id, conn) in &mut self.conns {
                     offer(*id, conn, target, index);
@@ -563,6 +613,7 @@ impl Hub {
                 if let Some(resuming) = &mut conn.resuming {
                     resuming.pending.retain(|p| !matches!(&p.kind, PendingKind::Subscribe(c) if c == channel));
                 }
+                conn.settle_resuming();
                 self.leave(id, channel);
                 to_frame(&json!({"type": "hub:unsubscribed", "channel": channel}))
             }
@@ -705,6 +756,15 @@ impl Hub {
         }
     }
 
+    fn push_reply_or_drop(&mut self, id: ConnId, items: Vec<Outbound>) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        if let Offer::Dropped(reason) = conn.push_reply(items) {
+            self.drop_conn(id, Some(reason));
+        }
+    }
+
     /// The one exit point of a connection: out of every stream, closed with `reason` if given.
     fn drop_conn(&mut self, id: ConnId, reason: Option<CloseReason>) {
         let Some(conn) = self.conns.get(&id) else {
@@ -727,5 +787,42 @@ impl Hub {
             conn.shared.close(reason);
         }
         self.metrics.connections.set(self.conns.len() as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::engine::NewEvent;
+    use crate::engine::memory::{MemoryEngine, stamp};
+
+    #[tokio::test]
+    async fn unsubscribing_before_the_resume_answer_leaves_no_state_that_grows_per_event() {
+        let config = Config::for_tests();
+        let (handle, _inbox) = channel("test");
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let engine = Arc::new(MemoryEngine::new(handle.clone(), &config, Arc::clone(&metrics)).expect("engine"));
+        let epoch = engine.epoch();
+        let mut hub = Hub::new(handle, engine, metrics, config.namespaces.clone());
+        let shared = Arc::new(ConnShared::new(crate::queue::test_limits(1 << 20)));
+        let remote = SocketAddr::from(([127, 0, 0, 1], 1));
+        hub.register(NewConn { id: 1, identity: Identity::default().shared(), shared, remote, resume: None });
+        hub.subscribe(1, "gone".into(), Some(Resume { since: 0, epoch: Some(epoch.clone()) }));
+        assert!(hub.conns[&1].resuming.is_some(), "the resume is pending");
+        hub.unsubscribe(1, "gone");
+        for seq in 1..=1000 {
+            let new = NewEvent {
+                kind: "tick".into(),
+                message: String::new(),
+                data: crate::protocol::empty_object(),
+                targets: Vec::new(),
+                from: None,
+                exclude: None,
+            };
+            let event = Arc::new(stamp(new, seq, "2026-01-01T00:00:00Z", 0));
+            assert_eq!(hub.deliver(&Delivery::shared(&event, &epoch)), 1);
+        }
+        assert!(hub.conns[&1].resuming.is_none(), "resume state outlived the last pending resume");
     }
 }

@@ -114,7 +114,7 @@ impl Hub {
             PendingKind::Connect => std::mem::take(&mut resuming.deferred),
             PendingKind::Subscribe(_) => Vec::new(),
         };
-        let live_seqs = if resuming.pending.is_empty() {
+        let live_seqs = if resuming.pending.is_empty() && resuming.deferred.is_empty() {
             conn.resuming.take().map(|r| r.live_seqs).unwrap_or_default()
         } else {
             resuming.live_seqs.clone()
@@ -145,9 +145,11 @@ impl Hub {
                 }
                 let label =
                     pending.streams.iter().find(|s| event.targets.contains(s)).map_or(BROADCAST, String::as_str);
-                // As a delivery, so the writer counts it for receipts like a live one.
-                let delivery = Delivery::with_frame(Arc::clone(event), event.frame(label, &epoch));
-                events.push(Outbound::Event(Arc::new(delivery), 0));
+                // The event's shared delivery: its frame is serialized once for every live
+                // recipient and replay of this stream, and the writer counts it for receipts.
+                let delivery = Delivery::shared(event, &epoch);
+                let index = delivery.index_of(label);
+                events.push(Outbound::replayed(delivery, index));
                 replayed_seqs.push(event.seq);
             }
         }
@@ -157,6 +159,7 @@ impl Hub {
         let had = pending.since.filter(|_| pending.epoch_ok).unwrap_or(0);
         for (delivery, index) in pending.buffer {
             if delivery.event.seq > had && replayed_seqs.binary_search(&delivery.event.seq).is_err() {
+                // Announced when it was fanned out.
                 events.push(Outbound::Event(delivery, index));
             }
         }
@@ -170,7 +173,7 @@ impl Hub {
         let mut items = Vec::with_capacity(events.len() + 1);
         items.push(Outbound::frame(reply));
         items.extend(events);
-        self.push_or_drop(id, Outbound::batch(items));
+        self.push_reply_or_drop(id, items);
         for (channel, resume) in deferred {
             self.subscribe(id, channel, resume);
         }
