@@ -667,7 +667,7 @@ impl Reader {
 }
 
 /// When the connection's token stops being valid (exp plus leeway), as a tokio instant.
-fn expiry_deadline(identity: &Identity) -> Option<Instant> {
+pub fn expiry_deadline(identity: &Identity) -> Option<Instant> {
     let exp = identity.exp?;
     let now = unix_ms() / 1000;
     let left = (exp + EXP_LEEWAY_S).saturating_sub(now);

@@ -3,7 +3,7 @@
 
 mod admin;
 mod compat;
-mod notify;
+pub mod notify;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
