@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Soak test: starts the real hub binary on a free loopback port and runs honest and hostile
-# clients against it for a bounded time (default 10 minutes; --quick 1 minute; --ci about 75 s),
+# clients against it for a bounded time (default 10 minutes; --quick 1 minute; --ci 60 s, about 90 s in all),
 # then checks that every honest client got exactly what the protocol promises (no loss, no
 # undocumented duplicate, no leak), that the hub's RSS stayed under the printed bound and its file
 # descriptors returned to the baseline. Exits non-zero on any violation. See scripts/soak.py
