@@ -310,6 +310,7 @@ class Soak:
         self.port = hub.port
         self.ledger: dict[str, Published] = {}
         self.unknown_outcome = 0  # publishes whose answer never came (not counted as accepted)
+        self.notify_latency: list[float] = []  # seconds per /notify request, as the publisher saw it
         self.violations: list[tuple[str, str]] = []  # (kind, first-hand detail)
         self.counts: collections.Counter = collections.Counter()
         self.hostile: collections.Counter = collections.Counter()
@@ -318,6 +319,7 @@ class Soak:
         self.epoch: str | None = None
         self.channels = [f"news:{i}" for i in range(plan.channels)]
         self.burst_channels = [f"burst:{i}" for i in range(4)]
+        self.archive_channels = [f"archive:{i}" for i in range(4)]
         self.fence_seq = 0
         self.api_headers: dict[str, str] = {}
         for i, a in enumerate(args.hub_args):
@@ -386,7 +388,9 @@ async def post_notify(soak: Soak, conn: KeepAlive, items: list[dict], batch: boo
     headers = {"Content-Type": "application/json", **soak.api_headers}
     for attempt in range(20):
         try:
+            t0 = time.monotonic()
             status, h, b = await conn.request("POST", "/notify", body, headers)
+            soak.notify_latency.append(time.monotonic() - t0)
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as e:
             # The event may or may not have been accepted: its id is unknown, so it is left out
             # of the checks (a client receiving it counts as "unknown", not as a leak).
@@ -430,6 +434,12 @@ async def batch_publisher(soak: Soak) -> None:
     conn = KeepAlive(soak.port, soak.honest_ip(7))
     n = 0
     try:
+        # First the archive: large events in quiet channels that nobody honest reads, the
+        # history the resume hoarders ask for again and again (3,000 events of about 1 KiB).
+        for b in range(6):
+            items = [{"type": "archive", "channel": soak.archive_channels[j % len(soak.archive_channels)],
+                      "data": {"b": b, "j": j, "pad": "a" * 1000}} for j in range(500)]
+            await post_notify(soak, conn, items, batch=True)
         await asyncio.sleep(3)
         while not soak.ending.is_set():
             n += 1
@@ -995,9 +1005,10 @@ async def never_reads(soak: Soak, i: int, held: list) -> None:
         return
     held.append(writer)  # closed at the end
     if hoarder:
-        names = soak.burst_channels + soak.channels
-        for n in range(125):  # 250 frames: subscribe with a full replay, leave, again
-            ch = soak.burst_channels[n % len(soak.burst_channels)] if n % 2 == 0 else names[n % len(names)]
+        # 200 frames (room left in a 256-frame queue for live broadcasts): subscribe to a quiet
+        # archive channel with a full replay (about 750 KiB), leave, again.
+        for n in range(100):
+            ch = soak.archive_channels[n % len(soak.archive_channels)]
             frame = {"type": "subscribe", "channel": ch, "since": 0, "epoch": soak.epoch}
             writer.write(client_frame(json.dumps(frame).encode()))
             writer.write(client_frame(json.dumps({"type": "unsubscribe", "channel": ch}).encode()))
@@ -1189,6 +1200,13 @@ def check(soak: Soak) -> dict:
     return {"lost": lost, "duplicated": dup, "leaked": leaked, "unknown": unknown, "examples": examples}
 
 
+def percentile_ms(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+
+
 def main() -> int:
     args = parse_args()
     # SIGTERM unwinds like Ctrl-C, so the hub is stopped in the `finally` below.
@@ -1241,6 +1259,9 @@ def main() -> int:
         "unrecovered_resumes": soak.counts["unrecovered_resumes"],
         "honest_closed_by_hub": sum(v for k, v in soak.counts.items() if k.startswith("honest_closed_")),
         "honest_refused": sum(v for k, v in soak.counts.items() if k.startswith("honest_refused_")),
+        "notify_p50_ms": percentile_ms(soak.notify_latency, 0.5),
+        "notify_p99_ms": percentile_ms(soak.notify_latency, 0.99),
+        "notify_max_ms": percentile_ms(soak.notify_latency, 1.0),
         "peak_rss_mib": round(soak.hub.peak_rss / 2**20, 1),
         "rss_bound_mib": rss_limit >> 20,
         "final_rss_mib": round(soak.counts["final_rss"] / 2**20, 1),
