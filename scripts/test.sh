@@ -36,7 +36,7 @@ export PYTHONPATH="$PWD/.deps/python${PYTHONPATH:+:$PYTHONPATH}"
 
 say "format and lints"
 cargo fmt --all -- --check || die "cargo fmt --check failed: run cargo fmt"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 say "build"
 cargo build --locked --bins --examples
@@ -46,6 +46,12 @@ cargo test --locked --all-targets
 
 say "Python helper and example tests (against real hubs)"
 WSHUB_BIN="$PWD/target/debug/wshub" python3 -m unittest discover -s tests/python -v
+
+say "fuzz targets (short run; scripts/fuzz.sh runs longer)"
+scripts/fuzz.sh --seconds 30 --cases 500
+
+say "soak (CI variant, about 90 s; scripts/soak.sh runs 10 minutes)"
+scripts/soak.sh --ci --hub-bin "$PWD/target/debug/wshub"
 
 say "browser tests (headless Debian chromium)"
 (

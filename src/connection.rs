@@ -742,7 +742,7 @@ impl Reader {
 
 /// When the connection's token stops being valid (exp plus leeway), as a tokio instant.
 /// An `exp` too far ahead to add to the clock (such as 1e19) means no expiry timer at all.
-fn expiry_deadline(identity: &Identity) -> Option<Instant> {
+pub fn expiry_deadline(identity: &Identity) -> Option<Instant> {
     let exp = identity.exp?;
     let now = unix_ms() / 1000;
     let left = exp.saturating_add(EXP_LEEWAY_S).saturating_sub(now);

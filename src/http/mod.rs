@@ -3,7 +3,7 @@
 
 mod admin;
 mod compat;
-mod notify;
+pub mod notify;
 pub mod origin;
 pub mod serve;
 

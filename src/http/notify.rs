@@ -76,8 +76,10 @@ struct NotifyBody {
 }
 
 /// A validated notification and its idempotency key.
-pub(crate) struct Accepted {
+pub struct Accepted {
+    /// The notification as the engine publishes it.
     pub event: NewEvent,
+    /// Its `idempotency_key` field, if any.
     pub key: Option<String>,
     /// Whether `notification.unread` webhooks were asked for.
     pub fallback_webhook: bool,
@@ -266,7 +268,7 @@ pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 /// Parses one object or an array of them; returns the notifications and whether it was a batch.
-fn parse_body(body: &[u8]) -> Result<(Vec<Accepted>, bool), ApiError> {
+pub fn parse_body(body: &[u8]) -> Result<(Vec<Accepted>, bool), ApiError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first == Some(&b'[') {
         let items: Vec<Box<RawValue>> =
