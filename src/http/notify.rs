@@ -306,7 +306,8 @@ pub(crate) fn parse_one(json: &[u8]) -> Result<Accepted, ApiError> {
     })?;
     de.end().map_err(|e| ApiError::bad_request(format!("invalid JSON: bytes after the notification ({e})")))?;
     if let Some(data) = &body.data {
-        serde_json::from_str::<WellFormed>(data.get())
+        let mut de = serde_json::Deserializer::from_str(data.get());
+        serde::de::DeserializeSeed::deserialize(WellFormed { levels: MAX_DATA_DEPTH }, &mut de)
             .map_err(|e| ApiError::bad_request(format!("field `data`: {e}")))?;
     }
     let kind = match body.kind {
@@ -367,55 +368,79 @@ fn is_client_id(s: &str) -> bool {
         })
 }
 
-/// Accepts any JSON value that every reader can handle: numbers within the range of a double and
-/// nesting at most 128 levels deep (serde_json's limit). Walks the value without building it.
-struct WellFormed;
+/// Deepest nesting accepted in `data`. Frames wrap `data` in their envelope (and `hub:*` replies
+/// wrap events once more), so this leaves room below the 128 levels that serde_json and many other
+/// parsers refuse, and every client can parse every frame.
+pub const MAX_DATA_DEPTH: usize = 100;
 
-impl<'de> Deserialize<'de> for WellFormed {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(WellFormed)
+/// Accepts any JSON value that every reader can handle: numbers within the range of a double and
+/// nesting at most `levels` deep. Walks the value without building it.
+#[derive(Clone, Copy)]
+struct WellFormed {
+    levels: usize,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for WellFormed {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl WellFormed {
+    /// The check for the values nested one level down, or an error past the limit.
+    fn inner<E: serde::de::Error>(self) -> Result<Self, E> {
+        match self.levels.checked_sub(1) {
+            Some(levels) => Ok(Self { levels }),
+            None => Err(E::custom(format!("nested deeper than {MAX_DATA_DEPTH} levels"))),
+        }
     }
 }
 
 impl<'de> serde::de::Visitor<'de> for WellFormed {
-    type Value = WellFormed;
+    type Value = ();
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("any JSON value")
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
-        Ok(self)
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
     }
 
-    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
-        Ok(self)
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
     }
 
-    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
-        Ok(self)
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
     }
 
-    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
-        Ok(self)
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
     }
 
-    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
-        Ok(self)
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
     }
 
-    fn visit_unit<E>(self) -> Result<Self, E> {
-        Ok(self)
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
     }
 
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
-        while seq.next_element::<WellFormed>()?.is_some() {}
-        Ok(self)
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let inner = self.inner()?;
+        while seq.next_element_seed(inner)?.is_some() {}
+        Ok(())
     }
 
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
-        while map.next_entry::<serde::de::IgnoredAny, WellFormed>()?.is_some() {}
-        Ok(self)
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let inner = self.inner()?;
+        while map.next_key::<serde::de::IgnoredAny>()?.is_some() {
+            map.next_value_seed(inner)?;
+        }
+        Ok(())
     }
 }
 
@@ -506,6 +531,8 @@ mod tests {
         let deep = format!(r#"{{"type":"t","data":{}1{}}}"#, "[".repeat(129), "]".repeat(129));
         assert!(err(&deep).starts_with("field `data`"), "{}", err(&deep));
         let ok = format!(r#"{{"type":"t","data":{}1{}}}"#, "[".repeat(100), "]".repeat(100));
+        let over = format!(r#"{{"type":"t","data":{}1{}}}"#, "[".repeat(101), "]".repeat(101));
+        assert!(err(&over).contains("deeper than 100"), "{}", err(&over));
         assert!(parse_body(ok.as_bytes()).is_ok(), "100 levels are fine");
     }
 
