@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::hub::HubHandle;
 use crate::metrics::Metrics;
+use crate::push::Push;
 use crate::stats::Sampler;
 use crate::webhook::Webhooks;
 use crate::webhook::presence::PresenceHandle;
@@ -39,4 +40,6 @@ pub struct AppState {
     pub webhooks: Webhooks,
     /// Users online, for `GET /presence/users`.
     pub presence: PresenceHandle,
+    /// Web Push fallback.
+    pub push: Push,
 }

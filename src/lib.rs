@@ -15,6 +15,7 @@
 //! - [`queue`]: a connection's bounded send queue.
 //! - [`metrics`]: Prometheus counters.
 //! - [`stats`]: per-second samples for `/stats` and the live dashboard.
+//! - [`push`]: Web Push fallback: VAPID keys, users' push subscriptions, the push sender.
 //! - [`webhook`]: signed webhooks to the backend, debounced presence, `/presence/users`.
 //! - [`http`]: the router and handlers.
 //! - [`app`]: state shared by handlers and connections.
@@ -31,6 +32,7 @@ pub mod idempotency;
 pub mod metrics;
 pub mod namespace;
 pub mod protocol;
+pub mod push;
 pub mod queue;
 pub mod stats;
 pub mod store;
@@ -69,6 +71,9 @@ pub enum Error {
     /// Redis could not be reached at startup.
     #[error("cluster engine: {0}")]
     Engine(#[from] engine::EngineError),
+    /// The VAPID key for Web Push could not be loaded or created.
+    #[error(transparent)]
+    Vapid(#[from] push::VapidError),
     /// Webhooks could not start.
     #[error(transparent)]
     Webhook(#[from] webhook::WebhookError),
@@ -97,6 +102,12 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
         .with_observer(hooks.observer);
     let hub_task = tokio::spawn(actor.run(inbox));
     let shutdown_timeout = config.shutdown_timeout;
+    let push = push::Push::start(
+        config.vapid_key.as_deref(),
+        config.data_dir.as_deref(),
+        &config.vapid_subject,
+        shutdown.clone(),
+    )?;
     let app = Arc::new(AppState {
         config,
         hub: hub.clone(),
@@ -109,6 +120,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
         sampler: stats::Sampler::default(),
         webhooks: hooks.webhooks,
         presence: hooks.presence,
+        push,
     });
     tokio::spawn(stats::run(Arc::clone(&app)));
     let router = http::router(Arc::clone(&app));

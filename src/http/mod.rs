@@ -94,6 +94,7 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .route("/api/health", get(health))
         .merge(admin::public_routes())
+        .merge(crate::push::routes())
         .method_not_allowed_fallback(method_not_allowed)
         .layer(cors);
     public.merge(protected).fallback(not_found).with_state(app)
@@ -116,12 +117,15 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
     } else {
         AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
     };
-    CorsLayer::new().allow_origin(allow).allow_methods([Method::GET, Method::POST, Method::OPTIONS]).allow_headers([
-        header::CONTENT_TYPE,
-        header::AUTHORIZATION,
-        "x-api-key".parse().expect("valid header name"),
-        "idempotency-key".parse().expect("valid header name"),
-    ])
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            "x-api-key".parse().expect("valid header name"),
+            "idempotency-key".parse().expect("valid header name"),
+        ])
 }
 
 async fn not_found() -> ApiError {
