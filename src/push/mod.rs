@@ -242,12 +242,13 @@ impl Push {
             queue,
             pending: AtomicUsize::new(0),
         });
-        let client = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_default();
-        tokio::spawn(send_loop(Arc::clone(&inner), client, jobs, shutdown));
+        match https_client() {
+            Ok(client) => {
+                tokio::spawn(send_loop(Arc::clone(&inner), client, jobs, shutdown));
+            }
+            // Without root certificates every push fails (queue closed: push_failed); the hub runs.
+            Err(e) => tracing::error!(error = %e, "Web Push disabled: no TLS client"),
+        }
         Ok(Self { inner })
     }
 
@@ -442,12 +443,22 @@ fn topic_of(tag: &str) -> Option<String> {
     ok.then(|| tag.to_string())
 }
 
-async fn send_loop(
-    inner: Arc<Inner>,
-    client: reqwest::Client,
-    mut jobs: mpsc::Receiver<Job>,
-    shutdown: CancellationToken,
-) {
+/// The client for push services: HTTPS (rustls with ring, the system's roots) or plain HTTP.
+type HttpsClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Full<bytes::Bytes>,
+>;
+
+fn https_client() -> std::io::Result<HttpsClient> {
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_native_roots(Arc::new(rustls::crypto::ring::default_provider()))?
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https))
+}
+
+async fn send_loop(inner: Arc<Inner>, client: HttpsClient, mut jobs: mpsc::Receiver<Job>, shutdown: CancellationToken) {
     let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
     loop {
         let job = tokio::select! {
@@ -474,7 +485,7 @@ enum Attempt {
     Failed,
 }
 
-async fn send_with_retries(inner: &Inner, client: &reqwest::Client, job: &Job) -> Outcome {
+async fn send_with_retries(inner: &Inner, client: &HttpsClient, job: &Job) -> Outcome {
     let mut delay = RETRY_BASE;
     for attempt in 1..=MAX_ATTEMPTS {
         match send_once(inner, client, job).await {
@@ -506,7 +517,7 @@ async fn send_with_retries(inner: &Inner, client: &reqwest::Client, job: &Job) -
     Outcome::PushFailed
 }
 
-async fn send_once(inner: &Inner, client: &reqwest::Client, job: &Job) -> Attempt {
+async fn send_once(inner: &Inner, client: &HttpsClient, job: &Job) -> Attempt {
     let s = &job.subscription;
     let (Ok(url), Ok(public), Ok(auth)) = (reqwest::Url::parse(&s.endpoint), s.public_key(), s.auth()) else {
         return Attempt::Failed;
@@ -525,31 +536,41 @@ async fn send_once(inner: &Inner, client: &reqwest::Client, job: &Job) -> Attemp
             return Attempt::Failed;
         }
     };
-    let mut request = client
-        .post(url)
+    let mut request = hyper::Request::post(s.endpoint.as_str())
         .header("TTL", PUSH_TTL_SECS)
         .header("Content-Encoding", "aes128gcm")
         .header("Content-Type", "application/octet-stream")
         .header("Urgency", "high")
-        .header("Authorization", authorization)
-        .body(body);
+        .header("Authorization", authorization);
     if let Some(topic) = &job.topic {
         request = request.header("Topic", topic);
     }
-    match request.send().await {
-        Ok(r) if r.status().is_success() => Attempt::Delivered,
-        Ok(r) if matches!(r.status().as_u16(), 404 | 410) => Attempt::Gone,
-        Ok(r) if r.status().as_u16() == 429 || r.status().is_server_error() => {
-            let after = r.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    let Ok(request) = request.body(http_body_util::Full::new(bytes::Bytes::from(body))) else {
+        return Attempt::Failed;
+    };
+    let response = match tokio::time::timeout(REQUEST_TIMEOUT, client.request(request)).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, endpoint = s.endpoint, "push service unreachable");
+            return Attempt::Retry(None);
+        }
+        Err(_) => {
+            tracing::debug!(endpoint = s.endpoint, "push service timed out");
+            return Attempt::Retry(None);
+        }
+    };
+    let status = response.status();
+    match status.as_u16() {
+        _ if status.is_success() => Attempt::Delivered,
+        404 | 410 => Attempt::Gone,
+        429 | 500..=599 => {
+            let after =
+                response.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
             Attempt::Retry(after.map(Duration::from_secs))
         }
-        Ok(r) => {
-            tracing::warn!(status = %r.status(), endpoint = s.endpoint, "push service refused the push");
+        _ => {
+            tracing::warn!(%status, endpoint = s.endpoint, "push service refused the push");
             Attempt::Failed
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, endpoint = s.endpoint, "push service unreachable");
-            Attempt::Retry(None)
         }
     }
 }
