@@ -48,9 +48,9 @@ async fn receive(
     body: Bytes,
 ) -> StatusCode {
     let status =
-        answers.lock().unwrap().get_mut(&name).and_then(|q| (!q.is_empty()).then(|| q.remove(0))).unwrap_or(201);
+        answers.lock().expect("push test").get_mut(&name).and_then(|q| (!q.is_empty()).then(|| q.remove(0))).unwrap_or(201);
     let _ = tx.send(Received { name, headers, body: body.to_vec() });
-    StatusCode::from_u16(status).unwrap()
+    StatusCode::from_u16(status).expect("push test")
 }
 
 impl PushService {
@@ -58,14 +58,14 @@ impl PushService {
         let (tx, rx) = mpsc::unbounded_channel();
         let answers = Arc::new(Mutex::new(HashMap::new()));
         let app = axum::Router::new().route("/push/{name}", post(receive)).with_state((tx, Arc::clone(&answers)));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("push test");
+        let addr = listener.local_addr().expect("push test");
         tokio::spawn(async move { axum::serve(listener, app).await });
         Self { addr, rx, answers }
     }
 
     fn answer(&self, name: &str, statuses: &[u16]) {
-        self.answers.lock().unwrap().insert(name.into(), statuses.to_vec());
+        self.answers.lock().expect("push test").insert(name.into(), statuses.to_vec());
     }
 
     async fn next(&mut self) -> Received {
@@ -90,7 +90,7 @@ struct Browser {
 impl Browser {
     fn new(service: &PushService, name: &str) -> Self {
         let auth: [u8; 16] =
-            rand_core::RngCore::next_u64(&mut rand_core::OsRng).to_le_bytes().repeat(2).try_into().unwrap();
+            rand_core::RngCore::next_u64(&mut rand_core::OsRng).to_le_bytes().repeat(2).try_into().expect("push test");
         Self {
             secret: p256::SecretKey::random(&mut rand_core::OsRng),
             auth,
@@ -150,7 +150,7 @@ async fn wait_outcome(hub: &TestHub, id: &str, user: &str, want: &str) {
 
 /// Checks the VAPID `Authorization` header against the hub's public key; returns the claims.
 fn check_vapid(headers: &HeaderMap, public_key: &str, audience: &str) -> Value {
-    let value = headers["authorization"].to_str().unwrap();
+    let value = headers["authorization"].to_str().expect("push test");
     let rest = value.strip_prefix("vapid ").expect("vapid scheme");
     let mut t = None;
     let mut k = None;
@@ -163,20 +163,20 @@ fn check_vapid(headers: &HeaderMap, public_key: &str, audience: &str) -> Value {
         }
     }
     assert_eq!(k, Some(public_key), "k= is the hub's VAPID public key");
-    let point = URL_SAFE_NO_PAD.decode(public_key).unwrap();
+    let point = URL_SAFE_NO_PAD.decode(public_key).expect("push test");
     assert_eq!((point.len(), point[0]), (65, 4), "uncompressed P-256 point");
     let key = jsonwebtoken::DecodingKey::from_ec_components(
         &URL_SAFE_NO_PAD.encode(&point[1..33]),
         &URL_SAFE_NO_PAD.encode(&point[33..65]),
     )
-    .unwrap();
+    .expect("push test");
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
     validation.set_audience(&[audience]);
     validation.set_required_spec_claims(&["exp", "aud", "sub"]);
     let data = jsonwebtoken::decode::<Value>(t.expect("t="), &key, &validation)
         .expect("VAPID JWT verifies with the hub's key");
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-    let exp = data.claims["exp"].as_u64().unwrap();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("push test").as_secs();
+    let exp = data.claims["exp"].as_u64().expect("push test");
     assert!(exp > now && exp <= now + 24 * 3600, "exp within 24 h (RFC 8292): {exp} vs {now}");
     assert_eq!(data.claims["sub"], SUBJECT);
     data.claims
@@ -187,7 +187,7 @@ async fn push_to_an_offline_user_is_encrypted_and_vapid_signed() {
     let hub = hub().await;
     let mut service = PushService::start().await;
     let (_, key) = get_json(&hub.url("/push/vapid-public-key"), &[]).await;
-    let public_key = key["public_key"].as_str().unwrap().to_string();
+    let public_key = key["public_key"].as_str().expect("push test").to_string();
     let phone = Browser::new(&service, "ana-phone");
     register(&hub, "ana", &phone).await;
 
@@ -197,13 +197,13 @@ async fn push_to_an_offline_user_is_encrypted_and_vapid_signed() {
         .notify(json!({"type": "booking", "message": "m", "user": "ana", "data": {"id": 7}, "push": push, "fallback_after": "0s"}))
         .await;
     assert_eq!(status, 200, "{sent}");
-    let id = sent["id"].as_str().unwrap();
+    let id = sent["id"].as_str().expect("push test");
 
     let r = service.next().await;
     assert_eq!(r.name, "ana-phone");
     assert_eq!(r.headers["content-encoding"], "aes128gcm");
     assert_eq!(r.headers["topic"], "booking-7", "the tag replaces an earlier undelivered push");
-    assert!(r.headers["ttl"].to_str().unwrap().parse::<u64>().unwrap() > 0);
+    assert!(r.headers["ttl"].to_str().expect("push test").parse::<u64>().expect("push test") > 0);
     check_vapid(&r.headers, &public_key, &format!("http://{}", service.addr));
     let payload = phone.decrypt(&r.body);
     assert_eq!(payload["id"], id);
@@ -228,7 +228,7 @@ async fn zero_fallback_pushes_only_to_users_without_a_live_connection() {
 
     let (_, sent) =
         hub.notify(json!({"type": "t", "user": ["on", "off"], "push": {"title": "x"}, "fallback_after": "0s"})).await;
-    let id = sent["id"].as_str().unwrap();
+    let id = sent["id"].as_str().expect("push test");
     assert_eq!(online.next_event().await["id"], id);
     assert_eq!(service.next().await.name, "off");
     service.quiet().await;
@@ -250,7 +250,7 @@ async fn fallback_after_pushes_to_users_who_did_not_ack_and_never_to_those_who_d
     let (_, sent) = hub
         .notify(json!({"type": "t", "user": ["reader", "away"], "push": {"title": "x"}, "fallback_after": "1s"}))
         .await;
-    let id = sent["id"].as_str().unwrap();
+    let id = sent["id"].as_str().expect("push test");
     assert_eq!(reader.next_event().await["id"], id);
     reader.send_json(json!({"type": "ack", "ids": [id]})).await;
     assert_eq!(away.next_event().await["id"], id);
@@ -273,7 +273,7 @@ async fn gone_subscription_is_removed_and_5xx_is_retried() {
     service.answer("new", &[503]);
 
     let (_, sent) = hub.notify(json!({"type": "t", "user": "u", "push": {"title": "x"}})).await;
-    let id = sent["id"].as_str().unwrap();
+    let id = sent["id"].as_str().expect("push test");
     let mut names: Vec<String> = Vec::new();
     for _ in 0..3 {
         names.push(service.next().await.name);
@@ -286,7 +286,7 @@ async fn gone_subscription_is_removed_and_5xx_is_retried() {
     let (_, sent) = hub.notify(json!({"type": "t", "user": "u", "push": {"title": "y"}})).await;
     assert_eq!(service.next().await.name, "new");
     service.quiet().await;
-    wait_outcome(&hub, sent["id"].as_str().unwrap(), "u", "pushed").await;
+    wait_outcome(&hub, sent["id"].as_str().expect("push test"), "u", "pushed").await;
     hub.stop().await;
 }
 
@@ -308,7 +308,7 @@ async fn subscriptions_need_the_users_jwt_and_can_be_deleted() {
     )
     .await;
     assert_eq!(status, 400);
-    assert!(body["error"].as_str().unwrap().contains("endpoint"), "{body}");
+    assert!(body["error"].as_str().expect("push test").contains("endpoint"), "{body}");
     register(&hub, "d", &b).await;
 
     let resp = reqwest::Client::new()
@@ -317,23 +317,23 @@ async fn subscriptions_need_the_users_jwt_and_can_be_deleted() {
         .json(&json!({"endpoint": b.endpoint}))
         .send()
         .await
-        .unwrap();
+        .expect("push test");
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.json::<Value>().await.unwrap()["removed"], true);
+    assert_eq!(resp.json::<Value>().await.expect("push test")["removed"], true);
 
     // no subscription left and no webhook configured: nothing is sent, the receipt says why
     let (_, sent) = hub.notify(json!({"type": "t", "user": "d", "push": {"title": "x"}})).await;
-    wait_outcome(&hub, sent["id"].as_str().unwrap(), "d", "no_subscription").await;
+    wait_outcome(&hub, sent["id"].as_str().expect("push test"), "d", "no_subscription").await;
     service.quiet().await;
 
     // bad push requests are refused with the field named
     let (status, body) = hub.notify(json!({"type": "t", "channel": "news", "push": {"title": "x"}})).await;
-    assert_eq!((status, body["error"].as_str().unwrap().contains("`user` target")), (400, true), "{body}");
+    assert_eq!((status, body["error"].as_str().expect("push test").contains("`user` target")), (400, true), "{body}");
     let (status, body) = hub.notify(json!({"type": "t", "user": "d", "fallback_after": "30s"})).await;
-    assert_eq!((status, body["error"].as_str().unwrap().contains("needs `push`")), (400, true), "{body}");
+    assert_eq!((status, body["error"].as_str().expect("push test").contains("needs `push`")), (400, true), "{body}");
     let (status, body) =
         hub.notify(json!({"type": "t", "user": "d", "push": {"title": "x"}, "fallback_after": "soon"})).await;
-    assert_eq!((status, body["error"].as_str().unwrap().contains("fallback_after")), (400, true), "{body}");
+    assert_eq!((status, body["error"].as_str().expect("push test").contains("fallback_after")), (400, true), "{body}");
     let (status, _) = hub.notify(json!({"type": "t", "user": "d", "push": {"icon": "x"}})).await;
     assert_eq!(status, 400, "unknown push key");
     hub.stop().await;
