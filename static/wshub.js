@@ -560,6 +560,69 @@
     } catch (e) { /* ignore a corrupt entry */ }
   };
 
+  // ---- Web Push (docs/PUSH.md) -----------------------------------------------------------
+  // The hub's HTTP base from its WebSocket URL (ws://host/ws -> http://host).
+  P._httpBase = function () {
+    var u = new URL(this.url, root.location && root.location.href);
+    u.protocol = u.protocol === 'wss:' ? 'https:' : 'http:';
+    return u.origin + u.pathname.replace(/\/ws\/?$/, '');
+  };
+
+  function keyBytes(b64) {
+    var s = atob(b64.replace(/-/g, '+').replace(/_/g, '/') + '==='.slice((b64.length + 3) % 4));
+    var out = new Uint8Array(s.length);
+    for (var i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
+    return out;
+  }
+
+  // Asks permission, subscribes with the hub's VAPID key and registers the subscription with the
+  // hub for this user (the token's `sub`). Resolves to the PushSubscription.
+  P.enablePush = async function (opts) {
+    opts = opts || {};
+    var nav = root.navigator;
+    if (!nav || !nav.serviceWorker || !root.PushManager) throw new Error('this browser has no Web Push');
+    if (root.Notification && root.Notification.permission !== 'granted') {
+      var perm = await root.Notification.requestPermission();
+      if (perm !== 'granted') throw new Error('notifications not allowed (' + perm + ')');
+    }
+    await nav.serviceWorker.register(opts.serviceWorker || '/wshub-sw.js');
+    var reg = await nav.serviceWorker.ready;
+    var base = this._httpBase();
+    var r = await fetch(base + '/push/vapid-public-key');
+    if (!r.ok) throw new Error('GET /push/vapid-public-key: HTTP ' + r.status);
+    var key = keyBytes((await r.json()).public_key);
+    var sub = await reg.pushManager.getSubscription();
+    // A subscription made with another key (the hub's key changed) cannot be used: renew it.
+    if (sub && sub.options && sub.options.applicationServerKey) {
+      var old = new Uint8Array(sub.options.applicationServerKey);
+      if (old.length !== key.length || old.some(function (b, i) { return b !== key[i]; })) { await sub.unsubscribe(); sub = null; }
+    }
+    if (!sub) sub = await reg.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: key });
+    var token = this.getToken ? await this.getToken() : this.token;
+    r = await fetch(base + '/push/subscriptions', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', Authorization: 'Bearer ' + token },
+      body: JSON.stringify(sub.toJSON()),
+    });
+    if (!r.ok) throw new Error('POST /push/subscriptions: HTTP ' + r.status + ' ' + (await r.text()));
+    return sub;
+  };
+
+  // Removes this browser's subscription from the hub and from the push service.
+  P.disablePush = async function () {
+    var nav = root.navigator;
+    var reg = nav && nav.serviceWorker && await nav.serviceWorker.getRegistration();
+    var sub = reg && await reg.pushManager.getSubscription();
+    if (!sub) return false;
+    var token = this.getToken ? await this.getToken() : this.token;
+    await fetch(this._httpBase() + '/push/subscriptions', {
+      method: 'DELETE',
+      headers: { 'Content-Type': 'application/json', Authorization: 'Bearer ' + token },
+      body: JSON.stringify({ endpoint: sub.endpoint }),
+    });
+    return sub.unsubscribe();
+  };
+
   // ---- tabs: one socket per browser -----------------------------------------------------
   // The tabs of one origin that use the same hub URL elect a leader: the holder of the Web Lock
   // "wshub:<url>" (browsers without Web Locks, e.g. on insecure origins: the oldest tab that

@@ -89,6 +89,7 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/", get(index))
         .route("/wshub.js", get(wshub_js))
         .route("/wshub.mjs", get(wshub_mjs))
+        .route("/wshub-sw.js", get(wshub_sw_js))
         .route("/dashboard", get(dashboard))
         .route("/ws", get(ws))
         .route("/health", get(health))
@@ -150,6 +151,11 @@ async fn wshub_js() -> impl IntoResponse {
 
 async fn wshub_mjs() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/javascript; charset=utf-8")], include_str!("../../static/wshub.mjs"))
+}
+
+/// The Web Push service worker (docs/PUSH.md); apps serve their own copy from their origin.
+async fn wshub_sw_js() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/javascript; charset=utf-8")], include_str!("../../static/wshub-sw.js"))
 }
 
 async fn health(State(app): State<Arc<AppState>>) -> impl IntoResponse {
