@@ -47,17 +47,32 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
-    let status =
-        answers.lock().expect("push test").get_mut(&name).and_then(|q| (!q.is_empty()).then(|| q.remove(0))).unwrap_or(201);
+    let status = answers
+        .lock()
+        .expect("push test")
+        .get_mut(&name)
+        .and_then(|q| (!q.is_empty()).then(|| q.remove(0)))
+        .unwrap_or(201);
     let _ = tx.send(Received { name, headers, body: body.to_vec() });
     StatusCode::from_u16(status).expect("push test")
+}
+
+/// Webhooks (`notification.unread`) arrive here, reported as name `hook:<type>`.
+async fn hook(State((tx, _)): State<ServiceState>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let v: Value = serde_json::from_slice(&body).expect("webhook JSON");
+    let name = format!("hook:{}", v["type"].as_str().expect("webhook type"));
+    let _ = tx.send(Received { name, headers, body: serde_json::to_vec(&v["data"]).expect("JSON") });
+    StatusCode::NO_CONTENT
 }
 
 impl PushService {
     async fn start() -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let answers = Arc::new(Mutex::new(HashMap::new()));
-        let app = axum::Router::new().route("/push/{name}", post(receive)).with_state((tx, Arc::clone(&answers)));
+        let app = axum::Router::new()
+            .route("/push/{name}", post(receive))
+            .route("/hook", post(hook))
+            .with_state((tx, Arc::clone(&answers)));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("push test");
         let addr = listener.local_addr().expect("push test");
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -336,5 +351,37 @@ async fn subscriptions_need_the_users_jwt_and_can_be_deleted() {
     assert_eq!((status, body["error"].as_str().expect("push test").contains("fallback_after")), (400, true), "{body}");
     let (status, _) = hub.notify(json!({"type": "t", "user": "d", "push": {"icon": "x"}})).await;
     assert_eq!(status, 400, "unknown push key");
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn a_user_without_subscription_gets_the_unread_webhook_instead() {
+    let mut service = PushService::start().await;
+    let hook_url = format!("http://{}/hook", service.addr);
+    let hub = TestHub::start(&[
+        "--jwt-secret",
+        JWT,
+        "--webhook-url",
+        &hook_url,
+        "--webhook-secret",
+        "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+    ])
+    .await;
+    register(&hub, "with", &Browser::new(&service, "with")).await;
+
+    let (_, sent) = hub
+        .notify(json!({"type": "invoice", "message": "paid", "user": ["with", "without"], "push": {"title": "x"}}))
+        .await;
+    let id = sent["id"].as_str().expect("id");
+    let mut names = vec![service.next().await, service.next().await];
+    names.sort_by(|a, b| a.name.cmp(&b.name));
+    assert_eq!(names[0].name, "hook:notification.unread");
+    let data: Value = serde_json::from_slice(&names[0].body).expect("JSON");
+    assert_eq!(data["user"], "without");
+    assert_eq!(data["notification"]["id"], id);
+    assert_eq!(names[1].name, "with");
+    service.quiet().await;
+    wait_outcome(&hub, id, "without", "webhook").await;
+    wait_outcome(&hub, id, "with", "pushed").await;
     hub.stop().await;
 }
