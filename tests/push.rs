@@ -373,7 +373,7 @@ async fn a_user_without_subscription_gets_the_unread_webhook_instead() {
         .notify(json!({"type": "invoice", "message": "paid", "user": ["with", "without"], "push": {"title": "x"}}))
         .await;
     let id = sent["id"].as_str().expect("id");
-    let mut names = vec![service.next().await, service.next().await];
+    let mut names = [service.next().await, service.next().await];
     names.sort_by(|a, b| a.name.cmp(&b.name));
     assert_eq!(names[0].name, "hook:notification.unread");
     let data: Value = serde_json::from_slice(&names[0].body).expect("JSON");
