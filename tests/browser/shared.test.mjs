@@ -190,6 +190,30 @@ test('closing the leader tab hands over: nothing lost, nothing twice, while even
   await b.context.close();
 });
 
+test('a crashed leader tab is replaced: its Web Lock goes with it, another tab resumes', async () => {
+  const h = await hub('shared-crash');
+  const b = await newBrowserContext(h);
+  for (const n of ['t1', 't2', 't3']) await b.openTab(n);
+  const sent = [];
+  for (let i = 0; i < 10; i++) sent.push((await notifyOk(h, { type: 'info', message: `a${i}` })).id);
+  const [lead] = await leaderOf(b.tabs);
+  const rest = b.tabs.filter((t) => t !== lead);
+  await until('every tab has the first events', () => rest.every((t) => b.got(t.name).length >= 10));
+  // The renderer dies without pagehide, bye or close frame.
+  const cdp = await b.context.newCDPSession(lead.page);
+  // (the crash answers nothing: do not wait for a reply)
+  cdp.send('Page.crash').catch(() => {});
+  await sleep(500);
+  await until('a new leader', async () => (await leaderOf(rest)).length === 1);
+  for (let i = 0; i < 10; i++) sent.push((await notifyOk(h, { type: 'info', message: `b${i}` })).id);
+  for (const t of rest) {
+    await until(`${t.name} has every event`, () => new Set(b.got(t.name)).size >= sent.length);
+    assert.deepEqual(b.got(t.name), sent, `${t.name}: every event once, in order`);
+  }
+  await until('one connection (the dead tab\'s socket is closed)', async () => (await stats(h)).connections === 1);
+  await b.context.close();
+});
+
 test('{shared:false} opens its own socket', async () => {
   const h = await hub('shared-optout');
   const b = await newBrowserContext(h);
