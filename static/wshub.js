@@ -772,6 +772,13 @@
         return;
       }
       case 'pos': return this._setPos(m.key, m.seq, m.epoch);
+      case 'bye':
+        // Without Web Locks: the leader left; claim soon (jittered, so usually one tab claims).
+        if (m.from === this._leaderId && !hasLocks()) {
+          this._leaderId = null;
+          this._lastLead = now() - TAB_TIMEOUT_MS + Math.random() * CLAIM_WAIT_MS;
+        }
+        return;
       case 'emit':
         if (m.type === 'state') this.state = m.arg;
         if (m.type === 'hub:connected') this._learn(m.arg);

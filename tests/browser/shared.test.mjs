@@ -48,8 +48,10 @@ async function newBrowserContext(h) {
   });
   const errors = [];
   const tabs = [];
-  async function openTab(name, opts = {}) {
+  async function openTab(name, opts = {}, { noLocks = false } = {}) {
     const page = await context.newPage();
+    // A browser without Web Locks (or an insecure origin): the BroadcastChannel election.
+    if (noLocks) await page.addInitScript(() => { Object.defineProperty(Navigator.prototype, 'locks', { get: () => undefined }); });
     page.on('pageerror', (e) => errors.push(`${name}: ${e.message}`));
     page.on('console', (m) => {
       // the document is /health: Chromium asks for /favicon.ico, which the hub does not serve
@@ -211,6 +213,31 @@ test('a crashed leader tab is replaced: its Web Lock goes with it, another tab r
     assert.deepEqual(b.got(t.name), sent, `${t.name}: every event once, in order`);
   }
   await until('one connection (the dead tab\'s socket is closed)', async () => (await stats(h)).connections === 1);
+  await b.context.close();
+});
+
+test('without Web Locks the tabs elect over BroadcastChannel: one socket, handover on close', async () => {
+  const h = await hub('shared-nolocks');
+  const b = await newBrowserContext(h);
+  for (const n of ['t1', 't2', 't3']) await b.openTab(n, {}, { noLocks: true });
+  assert.equal(await b.tabs[0].page.evaluate(() => !!navigator.locks), false);
+  await until('one connection', async () => (await stats(h)).connections === 1);
+  assert.equal((await leaderOf(b.tabs)).length, 1);
+  const sent = [];
+  for (let i = 0; i < 5; i++) sent.push((await notifyOk(h, { type: 'toast', message: `a${i}` })).id);
+  const [lead] = await leaderOf(b.tabs);
+  await lead.page.close();
+  const rest = b.tabs.filter((t) => t !== lead);
+  await until('a new leader', async () => (await leaderOf(rest)).length === 1);
+  for (let i = 0; i < 5; i++) sent.push((await notifyOk(h, { type: 'toast', message: `b${i}` })).id);
+  for (const t of rest) {
+    await until(`${t.name} has every event`, () => new Set(b.got(t.name)).size >= sent.length);
+    assert.deepEqual(b.got(t.name), sent, `${t.name}: every event once, in order`);
+  }
+  const shown = await b.toasts();
+  assert.deepEqual([...shown].sort(), [...sent].sort(), 'each toast once over all tabs');
+  await until('one connection', async () => (await stats(h)).connections === 1);
+  assert.deepEqual(b.errors, []);
   await b.context.close();
 });
 
