@@ -13,6 +13,7 @@ use crate::hub::HubHandle;
 use crate::idempotency::Fingerprints;
 use crate::limits::RateLimiter;
 use crate::metrics::Metrics;
+use crate::push::Push;
 use crate::queue::QueueLimits;
 use crate::stats::Sampler;
 use crate::webhook::Webhooks;
@@ -48,4 +49,6 @@ pub struct AppState {
     pub idempotency: Fingerprints,
     /// Byte limits of every connection's send queue.
     pub queue_limits: Arc<QueueLimits>,
+    /// Web Push fallback.
+    pub push: Push,
 }

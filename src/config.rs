@@ -132,6 +132,15 @@ pub struct Config {
     #[arg(long, env = "WSHUB_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
+    /// Web Push: the hub's VAPID private key (P-256, PEM). Without it the key is generated on
+    /// first start and kept in `--data-dir` (`vapid-key.pem`).
+    #[arg(long, env = "WSHUB_VAPID_KEY")]
+    pub vapid_key: Option<PathBuf>,
+
+    /// Web Push: the VAPID `sub` claim, a contact for push services (`mailto:` or `https:` URL).
+    #[arg(long, env = "WSHUB_VAPID_SUBJECT", default_value = "mailto:wshub@localhost")]
+    pub vapid_subject: String,
+
     /// Redis URL (`redis://[:password@]host:port/db`, or `rediss://`): cluster mode. Without it the
     /// hub uses its embedded in-memory engine.
     #[arg(long, env = "WSHUB_REDIS_URL", hide_env_values = true)]

@@ -18,6 +18,7 @@
 //! - [`queue`]: a connection's send queue, bounded in bytes.
 //! - [`metrics`]: Prometheus counters.
 //! - [`stats`]: per-second samples for `/stats` and the live dashboard.
+//! - [`push`]: Web Push fallback: VAPID keys, users' push subscriptions, the push sender.
 //! - [`webhook`]: signed webhooks to the backend, debounced presence, `/presence/users`.
 //! - [`http`]: the router and handlers.
 //! - [`http`]: the router and handlers; `http::serve` is the accept loop (header-read timeout,
@@ -39,6 +40,7 @@ pub mod limits;
 pub mod metrics;
 pub mod namespace;
 pub mod protocol;
+pub mod push;
 pub mod queue;
 pub mod stats;
 pub mod store;
@@ -75,6 +77,9 @@ pub enum Error {
     /// Redis could not be reached at startup.
     #[error("cluster engine: {0}")]
     Engine(#[from] engine::EngineError),
+    /// The VAPID key for Web Push could not be loaded or created.
+    #[error(transparent)]
+    Vapid(#[from] push::VapidError),
     /// Webhooks could not start.
     #[error(transparent)]
     Webhook(#[from] webhook::WebhookError),
@@ -116,6 +121,12 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
         config.write_timeout,
         metrics.queue_bytes.clone(),
     ));
+    let push = push::Push::start(
+        config.vapid_key.as_deref(),
+        config.data_dir.as_deref(),
+        &config.vapid_subject,
+        shutdown.clone(),
+    )?;
     let app = Arc::new(AppState {
         config,
         hub: hub.clone(),
@@ -131,6 +142,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
         notify_rate: limits::RateLimiter::new(config_notify_rate),
         idempotency: idempotency::Fingerprints::new(idempotency_ttl),
         queue_limits,
+        push,
     });
     tokio::spawn(stats::run(Arc::clone(&app)));
     let router = http::router(Arc::clone(&app));

@@ -33,6 +33,10 @@
   var RECENT_IDS = 1000;       // size of the dedupe window
   var MAX_FRAME = 500;         // stay under the hub's default --max-message-bytes (512)
   var AUTO = '(auto)';         // position key of the automatic streams
+  // Sharing one socket between the tabs of a browser (see "tabs" below).
+  var HEARTBEAT_MS = 1000;     // the leader announces itself (and checks its tabs) this often
+  var TAB_TIMEOUT_MS = 4000;   // without Web Locks: silence after which a tab counts as gone
+  var CLAIM_WAIT_MS = 300;     // without Web Locks: how long a new tab listens for a leader
 
   // broadcast, user:* and role:* are joined automatically and resumed through /ws?since=
   function isAuto(stream) {
@@ -59,6 +63,9 @@
     this.backoffCapMs = opts.backoffCapMs || BACKOFF_CAP_MS;
     this.stableMs = opts.stableMs || STABLE_MS;
     this.storageKey = opts.persist === 'session' ? 'wshub:' + this.url : null;
+    // One socket per browser: tabs of this origin with the same hub URL share one connection.
+    this.shared = opts.shared !== false && typeof root.BroadcastChannel === 'function';
+    this.leader = false;         // shared: this tab holds the socket
 
     this.state = 'closed';
     this.clientId = null;        // client_id of the current connection (for exclude_client)
@@ -81,6 +88,12 @@
     this._pos = { auto: null, chans: {} };  // {seq, epoch} per position key
     this._recent = [];           // dedupe ring + set
     this._recentSet = new Set();
+    this._peerIds = new Set();   // shared: ids in the dedupe window that came from another tab
+    this._notify = {};           // type -> [fn]: onNotify handlers (one tab per event)
+    this._tab = Math.random().toString(36).slice(2) + Date.now().toString(36);
+    this._mine = {};             // shared: channels this tab subscribed
+    this._reqs = {};             // shared: rid -> {q, resolve, reject} waiting for the leader
+    this._rid = 0;
     this._load();
     var self = this;
     // Save positions when the page goes away, so that a reload resumes exactly.
@@ -99,7 +112,13 @@
     if (l) this._listeners[type] = fn ? l.filter(function (f) { return f !== fn; }) : [];
     return this;
   };
+  // Lifecycle events (state, hub:*, recovered, missed, error); the leader passes them on to
+  // the other tabs. Notifications go through _hand instead.
   P._emit = function (type, arg) {
+    if (this.leader) this._post({ t: 'emit', type: type, arg: arg });
+    return this._emitLocal(type, arg);
+  };
+  P._emitLocal = function (type, arg) {
     var l = (this._listeners[type] || []).slice();
     for (var i = 0; i < l.length; i++) {
       try { l[i].call(this, arg); } catch (e) { console.error('wshub listener for', type, e); }
@@ -110,8 +129,21 @@
     if (this.state !== s) { this.state = s; this._emit('state', s); }
   };
 
+  // Like on(), but in shared mode the handler runs in exactly one tab per event (a visible one
+  // when there is one): for toasts and sounds that must not repeat in every tab.
+  P.onNotify = function (type, fn) {
+    (this._notify[type] = this._notify[type] || []).push(fn);
+    if (this._bc && !this.leader) this._hello();
+    return this;
+  };
+
   // ---- connection lifecycle -------------------------------------------------------------
   P.connect = function () {
+    if (this.shared) return this._joinTabs();
+    return this._connectCore();
+  };
+
+  P._connectCore = function () {
     this._wanted = true;
     if (this._ws || this._timers.retry || this._opening) return this;
     this._setState(this._everConnected ? 'reconnecting' : 'connecting');
@@ -120,6 +152,13 @@
   };
 
   P.close = function () {
+    if (!this.shared) return this._closeCore();
+    this._leaveTabs();
+    this._setState('closed');
+    return this;
+  };
+
+  P._closeCore = function () {
     this._wanted = false;
     this._opening = false;
     this._gen = (this._gen || 0) + 1;  // an _open() waiting for getToken gives up
@@ -184,6 +223,8 @@
       this._setState('closed');
       this._emit('error', { code: code === 4001 ? 'unauthorized' : 'token_expired',
         message: reason || 'the hub refused the token (close ' + code + ')' });
+      // Shared: give the socket up, so that another tab (with its own getToken) may try.
+      if (this.shared) this._leaveTabs();
       return;
     }
     // 1001 (hub shutting down), 4003 (slow consumer), 4004, 4005, network errors, …: retry.
@@ -319,6 +360,7 @@
     if (cur && cur.epoch === epoch && cur.seq >= seq) return;
     if (key === AUTO) this._pos.auto = { seq: seq, epoch: epoch };
     else this._pos.chans[key] = { seq: seq, epoch: epoch };
+    if (this.leader) this._post({ t: 'pos', key: key, seq: seq, epoch: epoch });
     this._scheduleSave();
   };
 
@@ -329,18 +371,54 @@
     var r = this._replay[key];
     if (r && --r.left <= 0) { delete this._replay[key]; this._setPos(key, r.seq, r.epoch); }
     // Deduplicate: an event that matched several streams may come once per stream on replay.
-    if (this._recentSet.has(n.id)) return;
-    this._recentSet.add(n.id);
-    this._recent.push(n.id);
-    if (this._recent.length > RECENT_IDS) this._recentSet.delete(this._recent.shift());
-    this._scheduleSave();
-    this._emit(n.type, n);
-    this._emit('*', n);
+    // A tab that took over the socket acks what an earlier leader showed but could not ack.
+    if (!this._remember(n.id)) {
+      if (this._peerIds.delete(n.id)) this._queueAck(n.id);   // shown by an earlier leader
+      return;
+    }
+    var to = this.shared ? this._notifyTab(n) : this._tab;
+    if (this.shared) this._post({ t: 'ev', n: n, to: to });
+    this._hand(n, to === this._tab);
     this._queueAck(n.id);
+  };
+
+  // Record an event id in the dedupe window; false when it was already there.
+  P._remember = function (id) {
+    if (this._recentSet.has(id)) return false;
+    this._recentSet.add(id);
+    this._recent.push(id);
+    if (this._recent.length > RECENT_IDS) {
+      var old = this._recent.shift();
+      this._recentSet.delete(old); this._peerIds.delete(old);
+    }
+    this._scheduleSave();
+    return true;
+  };
+
+  // Hand a new event to the app: on(type), on('*'), and onNotify when this tab was chosen.
+  // In shared mode a tab sees channel events only for the channels it subscribed itself.
+  P._hand = function (n, notifyHere) {
+    var stream = n.channel || 'broadcast';
+    if (!this.shared || isAuto(stream) || this._mine[stream]) {
+      this._emitLocal(n.type, n);
+      this._emitLocal('*', n);
+    }
+    if (!notifyHere) return;
+    var l = (this._notify[n.type] || []).concat(this._notify['*'] || []);
+    for (var i = 0; i < l.length; i++) {
+      try { l[i].call(this, n); } catch (e) { console.error('wshub notify handler for', n.type, e); }
+    }
   };
 
   // ---- subscriptions, publish -----------------------------------------------------------
   P.subscribe = function (channel) {
+    if (!this.shared) return this._subscribeCore(channel);
+    this._mine[channel] = true;
+    if (this.leader) return this._refAdd(this._tab, channel);
+    return this._request({ op: 'sub', ch: channel });
+  };
+
+  P._subscribeCore = function (channel) {
     var self = this, s = this._subs[channel];
     if (s && s.subscribed) return Promise.resolve({ type: 'hub:subscribed', channel: channel });
     if (!s) s = this._subs[channel] = { subscribed: false, waiters: [] };
@@ -363,6 +441,13 @@
   };
 
   P.unsubscribe = function (channel) {
+    if (!this.shared) return this._unsubscribeCore(channel);
+    delete this._mine[channel];
+    if (this.leader) return this._refDel(this._tab, channel);
+    return this._request({ op: 'unsub', ch: channel });
+  };
+
+  P._unsubscribeCore = function (channel) {
     var self = this, s = this._subs[channel];
     delete this._subs[channel]; delete this._pos.chans[channel]; delete this._replay[channel];
     this._save();
@@ -376,10 +461,17 @@
     return p;
   };
 
-  P.subscriptions = function () { return Object.keys(this._subs); };
+  P.subscriptions = function () { return Object.keys(this.shared ? this._mine : this._subs); };
 
   // Client publish (only where the hub's namespace allows it). Resolves on hub:published.
   P.publish = function (channel, event, data, message) {
+    if (this.shared && !this.leader) {
+      return this._request({ op: 'pub', ch: channel, event: event, data: data, message: message });
+    }
+    return this._publishCore(channel, event, data, message);
+  };
+
+  P._publishCore = function (channel, event, data, message) {
     var self = this;
     var msg = { type: 'publish', channel: channel, event: event };
     if (message != null) msg.message = message;
@@ -466,6 +558,367 @@
       this._recent = (s.ids || []).slice(-RECENT_IDS);
       this._recentSet = new Set(this._recent);
     } catch (e) { /* ignore a corrupt entry */ }
+  };
+
+  // ---- Web Push (docs/PUSH.md) -----------------------------------------------------------
+  // The hub's HTTP base from its WebSocket URL (ws://host/ws -> http://host).
+  P._httpBase = function () {
+    var u = new URL(this.url, root.location && root.location.href);
+    u.protocol = u.protocol === 'wss:' ? 'https:' : 'http:';
+    return u.origin + u.pathname.replace(/\/ws\/?$/, '');
+  };
+
+  function keyBytes(b64) {
+    var s = atob(b64.replace(/-/g, '+').replace(/_/g, '/') + '==='.slice((b64.length + 3) % 4));
+    var out = new Uint8Array(s.length);
+    for (var i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
+    return out;
+  }
+
+  // Asks permission, subscribes with the hub's VAPID key and registers the subscription with the
+  // hub for this user (the token's `sub`). Resolves to the PushSubscription.
+  P.enablePush = async function (opts) {
+    opts = opts || {};
+    var nav = root.navigator;
+    if (!nav || !nav.serviceWorker || !root.PushManager) throw new Error('this browser has no Web Push');
+    if (root.Notification && root.Notification.permission !== 'granted') {
+      var perm = await root.Notification.requestPermission();
+      if (perm !== 'granted') throw new Error('notifications not allowed (' + perm + ')');
+    }
+    await nav.serviceWorker.register(opts.serviceWorker || '/wshub-sw.js');
+    var reg = await nav.serviceWorker.ready;
+    var base = this._httpBase();
+    var r = await fetch(base + '/push/vapid-public-key');
+    if (!r.ok) throw new Error('GET /push/vapid-public-key: HTTP ' + r.status);
+    var key = keyBytes((await r.json()).public_key);
+    var sub = await reg.pushManager.getSubscription();
+    // A subscription made with another key (the hub's key changed) cannot be used: renew it.
+    if (sub && sub.options && sub.options.applicationServerKey) {
+      var old = new Uint8Array(sub.options.applicationServerKey);
+      if (old.length !== key.length || old.some(function (b, i) { return b !== key[i]; })) { await sub.unsubscribe(); sub = null; }
+    }
+    if (!sub) sub = await reg.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: key });
+    var token = this.getToken ? await this.getToken() : this.token;
+    r = await fetch(base + '/push/subscriptions', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', Authorization: 'Bearer ' + token },
+      body: JSON.stringify(sub.toJSON()),
+    });
+    if (!r.ok) throw new Error('POST /push/subscriptions: HTTP ' + r.status + ' ' + (await r.text()));
+    return sub;
+  };
+
+  // Removes this browser's subscription from the hub and from the push service.
+  P.disablePush = async function () {
+    var nav = root.navigator;
+    var reg = nav && nav.serviceWorker && await nav.serviceWorker.getRegistration();
+    var sub = reg && await reg.pushManager.getSubscription();
+    if (!sub) return false;
+    var token = this.getToken ? await this.getToken() : this.token;
+    await fetch(this._httpBase() + '/push/subscriptions', {
+      method: 'DELETE',
+      headers: { 'Content-Type': 'application/json', Authorization: 'Bearer ' + token },
+      body: JSON.stringify({ endpoint: sub.endpoint }),
+    });
+    return sub.unsubscribe();
+  };
+
+  // ---- tabs: one socket per browser -----------------------------------------------------
+  // The tabs of one origin that use the same hub URL elect a leader: the holder of the Web Lock
+  // "wshub:<url>" (browsers without Web Locks, e.g. on insecure origins: the oldest tab that
+  // announces itself over the BroadcastChannel). Only the leader opens the WebSocket. It posts
+  // every new event, position and lifecycle event to the channel; every tab keeps the same
+  // dedupe window and resume positions, so whichever tab takes over resumes where the last
+  // leader stopped: replayed events it already has are acked again but not shown again.
+  // Subscriptions are the union of the tabs' subscriptions, counted per tab; a tab that leaves
+  // (pagehide, close(), or its tab lock released when it crashes) drops its share.
+  //
+  // Messages (field t): follower -> leader: hello {subs, notify, visible}, req {rid, op, ...},
+  // bye; leader -> tabs: lead {since, state, ...}, ev {n, to}, pos {key, seq, epoch},
+  // emit {type, arg}, res {to, rid, ok, val | err}, drop {ch, refused}.
+
+  function hasLocks() { return !!(root.navigator && root.navigator.locks && root.navigator.locks.request); }
+  function visible() { return !root.document || root.document.visibilityState !== 'hidden'; }
+  function now() { return Date.now(); }
+
+  P._joinTabs = function () {
+    if (this._bc) return this;
+    var self = this, name = 'wshub:' + this.url;
+    this._wanted = true;
+    this._bc = new root.BroadcastChannel(name);
+    this._bc.onmessage = function (e) { self._onTabMsg(e.data || {}); };
+    this._tabs = {};             // leader: tab id -> {seen, notify, visible}
+    this._refs = {};             // leader: channel -> {tab id: true}
+    this._leaderId = null;
+    this._lastLead = 0;
+    this._abort = typeof root.AbortController === 'function' ? new root.AbortController() : null;
+    this._setState('connecting');
+    if (hasLocks()) {
+      var lockOpts = this._abort ? { signal: this._abort.signal } : {};
+      // A lock per tab: the leader treats a tab whose lock is gone as closed (crash included).
+      root.navigator.locks.request(name + ':tab:' + this._tab, lockOpts, function () {
+        if (!self._bc) return null;
+        self._hello();
+        return new Promise(function (release) { self._releaseTabLock = release; });
+      }).catch(function () {});
+      root.navigator.locks.request(name, lockOpts, function () {
+        if (!self._bc) return null;
+        return new Promise(function (release) { self._releaseLeadLock = release; self._becomeLeader(); });
+      }).catch(function () {});
+    } else {
+      this._lastLead = now() - TAB_TIMEOUT_MS + CLAIM_WAIT_MS;
+      this._hello();
+    }
+    this._tick = setInterval(function () { self._heartbeat(); }, hasLocks() ? HEARTBEAT_MS : CLAIM_WAIT_MS);
+    this._onPagehide = function () { self._leaveTabs(); };
+    this._onVisibility = function () { if (!self.leader) self._hello(); };
+    if (root.addEventListener) root.addEventListener('pagehide', this._onPagehide);
+    if (root.document) root.document.addEventListener('visibilitychange', this._onVisibility);
+    return this;
+  };
+
+  P._leaveTabs = function () {
+    if (!this._bc) return;
+    this._post({ t: 'bye', from: this._tab });
+    this._stepDown();
+    this._wanted = false;
+    clearInterval(this._tick);
+    if (this._abort) this._abort.abort();
+    if (this._releaseTabLock) this._releaseTabLock();
+    if (root.removeEventListener) root.removeEventListener('pagehide', this._onPagehide);
+    if (root.document) root.document.removeEventListener('visibilitychange', this._onVisibility);
+    this._bc.close();
+    this._bc = null;
+    var reqs = this._reqs; this._reqs = {};
+    for (var rid in reqs) reqs[rid].reject(new Error('closed'));
+    this._save();
+  };
+
+  P._post = function (m) {
+    if (!this._bc) return;
+    m.from = this._tab;
+    try { this._bc.postMessage(m); } catch (e) { console.warn('wshub: cannot share', m.t, e); }
+  };
+
+  // What this tab wants, sent to the leader on join, on change and in answer to its heartbeat.
+  P._hello = function () {
+    var notify = [];
+    for (var t in this._notify) if (this._notify[t].length) notify.push(t);
+    this._post({ t: 'hello', subs: Object.keys(this._mine), notify: notify, visible: visible() });
+  };
+
+  P._becomeLeader = function () {
+    if (!this._bc || this.leader) return;
+    this.leader = true;
+    this._leaderId = this._tab;
+    this._since = now();
+    this._tabs = {};
+    this._refs = {};
+    this._subs = {};
+    if (this.state === 'connected') this._everConnected = true;
+    for (var ch in this._mine) this._refAdd(this._tab, ch);
+    // This tab's own requests that waited for a leader are now answered here.
+    var reqs = this._reqs; this._reqs = {};
+    for (var rid in reqs) this._leaderReq(this._tab, reqs[rid].q).then(reqs[rid].resolve, reqs[rid].reject);
+    this._announce();
+    this._connectCore();
+  };
+
+  // Leader gives up the socket (close, pagehide, or a second leader without Web Locks).
+  P._stepDown = function () {
+    if (!this.leader) return;
+    this.leader = false;         // from here on, events stay in this tab
+    this._closeCore();
+    this._subs = {};
+    this._refs = {};
+    this._tabs = {};
+    if (this._releaseLeadLock) { this._releaseLeadLock(); this._releaseLeadLock = null; }
+  };
+
+  P._announce = function () {
+    this._post({ t: 'lead', since: this._since, state: this.state, clientId: this.clientId,
+      user: this.user, epoch: this.epoch, channels: this.channels });
+  };
+
+  P._heartbeat = function () {
+    var self = this;
+    if (!this.leader) {
+      // Without Web Locks a silent leader is presumed gone and the first tab to notice claims.
+      if (!hasLocks() && now() - this._lastLead > TAB_TIMEOUT_MS) this._becomeLeader();
+      return;
+    }
+    this._announce();
+    if (hasLocks()) {
+      root.navigator.locks.query().then(function (s) {
+        var held = {};
+        (s.held || []).forEach(function (l) { held[l.name] = true; });
+        var prefix = 'wshub:' + self.url + ':tab:';
+        for (var id in self._tabs) if (!held[prefix + id]) self._dropTab(id);
+      }).catch(function () {});
+    } else {
+      for (var id in this._tabs) if (now() - this._tabs[id].seen > TAB_TIMEOUT_MS) this._dropTab(id);
+    }
+  };
+
+  P._onTabMsg = function (m) {
+    if (!this._bc || !m.from || m.from === this._tab) return;
+    if (this.leader) return this._onFollowerMsg(m);
+    switch (m.t) {
+      case 'lead': return this._onLead(m);
+      case 'ev': {
+        var n = m.n, stream = n.channel || 'broadcast';
+        this._setPos(isAuto(stream) ? AUTO : stream, n.seq, n.epoch || this.epoch);
+        if (this._remember(n.id)) { this._peerIds.add(n.id); this._hand(n, m.to === this._tab); }
+        return;
+      }
+      case 'pos': return this._setPos(m.key, m.seq, m.epoch);
+      case 'bye':
+        // Without Web Locks: the leader left; claim soon (jittered, so usually one tab claims).
+        if (m.from === this._leaderId && !hasLocks()) {
+          this._leaderId = null;
+          this._lastLead = now() - TAB_TIMEOUT_MS + Math.random() * CLAIM_WAIT_MS;
+        }
+        return;
+      case 'emit':
+        if (m.type === 'state') this.state = m.arg;
+        if (m.type === 'hub:connected') this._learn(m.arg);
+        return this._emitLocal(m.type, m.arg);
+      case 'drop':
+        delete this._pos.chans[m.ch]; delete this._replay[m.ch];
+        if (m.refused) delete this._mine[m.ch];
+        return this._scheduleSave();
+      case 'res': {
+        var r = m.to === this._tab && this._reqs[m.rid];
+        if (!r) return;
+        delete this._reqs[m.rid];
+        if (m.ok) return r.resolve(m.val);
+        if (r.q.op === 'sub') delete this._mine[r.q.ch];
+        var err = new Error(m.err.message); err.code = m.err.code; err.frame = m.err.frame;
+        return r.reject(err);
+      }
+    }
+  };
+
+  P._learn = function (m) {
+    if (!m) return;
+    this.clientId = m.client_id || m.clientId || null; this.user = m.user || null;
+    this.epoch = m.epoch || null; this.channels = m.channels || [];
+  };
+
+  P._onLead = function (m) {
+    this._lastLead = now();
+    if (m.state === 'connected') this._learn(m);
+    if (m.state) this._setState(m.state);
+    if (m.from === this._leaderId) {
+      if (!hasLocks()) this._hello();   // without Web Locks, answering proves this tab is alive
+      return;
+    }
+    // A new leader: tell it what this tab wants, and send again what it never answered
+    // (publishes fail: sending them twice could publish twice).
+    this._leaderId = m.from;
+    this._hello();
+    for (var rid in this._reqs) {
+      var r = this._reqs[rid];
+      if (r.q.op === 'pub') { delete this._reqs[rid]; r.reject(new Error('connection closed (leader changed)')); }
+      else this._post({ t: 'req', rid: +rid, q: r.q });
+    }
+  };
+
+  P._onFollowerMsg = function (m) {
+    var self = this;
+    switch (m.t) {
+      case 'hello': {
+        var known = !!this._tabs[m.from], had = {}, ch;
+        this._tabs[m.from] = { seen: now(), notify: m.notify || [], visible: !!m.visible };
+        if (!known) this._announce();
+        for (ch in this._refs) if (this._refs[ch][m.from]) had[ch] = true;
+        (m.subs || []).forEach(function (c) { if (!had[c]) self._refAdd(m.from, c); delete had[c]; });
+        for (ch in had) this._refDel(m.from, ch);
+        return;
+      }
+      case 'req':
+        if (this._tabs[m.from]) this._tabs[m.from].seen = now();
+        return this._leaderReq(m.from, m.q).then(function (val) {
+          self._post({ t: 'res', to: m.from, rid: m.rid, ok: true, val: val });
+        }, function (e) {
+          self._post({ t: 'res', to: m.from, rid: m.rid, ok: false,
+            err: { message: String(e && e.message || e), code: e && e.code, frame: e && e.frame } });
+        });
+      case 'bye': return this._dropTab(m.from);
+      case 'lead':
+        // Two leaders (only without Web Locks): the younger one steps down.
+        if (!hasLocks() && (m.since < this._since || (m.since === this._since && m.from < this._tab))) {
+          this._stepDown();
+          this._wanted = true;
+          this._onLead(m);
+        }
+        return;
+    }
+  };
+
+  P._leaderReq = function (tab, q) {
+    if (q.op === 'sub') return this._refAdd(tab, q.ch);
+    if (q.op === 'unsub') return this._refDel(tab, q.ch);
+    if (q.op === 'pub') return this._publishCore(q.ch, q.event, q.data, q.message);
+    return Promise.reject(new Error('unknown request ' + q.op));
+  };
+
+  // Follower: ask the leader; sent again to a new leader until answered (not publishes).
+  P._request = function (q) {
+    var self = this, rid = ++this._rid;
+    if (q.op === 'pub' && this.state !== 'connected') return Promise.reject(new Error('not connected'));
+    var p = new Promise(function (resolve, reject) { self._reqs[rid] = { q: q, resolve: resolve, reject: reject }; });
+    this._post({ t: 'req', rid: rid, q: q });
+    p.catch(function () {});
+    return p;
+  };
+
+  // Leader: count a tab's share of a channel; the first share subscribes the socket.
+  P._refAdd = function (tab, ch) {
+    var self = this, r = this._refs[ch] || (this._refs[ch] = {});
+    r[tab] = true;
+    var p = this._subscribeCore(ch);
+    p.catch(function (e) {
+      if (!e || !e.frame || !self._refs[ch]) return;   // refused by the hub: nobody gets it
+      delete self._refs[ch];
+      delete self._mine[ch];
+      self._post({ t: 'drop', ch: ch, refused: true });
+    });
+    return p;
+  };
+
+  // Leader: drop a tab's share; the last one unsubscribes the socket.
+  P._refDel = function (tab, ch) {
+    var r = this._refs[ch], done = Promise.resolve({ type: 'hub:unsubscribed', channel: ch });
+    if (!r || !r[tab]) return done;
+    delete r[tab];
+    if (Object.keys(r).length) return done;
+    delete this._refs[ch];
+    this._post({ t: 'drop', ch: ch });
+    return this._unsubscribeCore(ch);
+  };
+
+  P._dropTab = function (tab) {
+    if (!this._tabs[tab] && tab !== this._tab) return;
+    delete this._tabs[tab];
+    for (var ch in this._refs) if (this._refs[ch][tab]) this._refDel(tab, ch);
+  };
+
+  // Leader: which tab runs onNotify for this event. A tab that gets the event and has a
+  // handler for its type; visible tabs first, then this one, then any.
+  P._notifyTab = function (n) {
+    var stream = n.channel || 'broadcast', auto = isAuto(stream), refs = this._refs[stream] || {};
+    var cands = [], type = n.type, id, t;
+    var mine = (this._notify[type] || []).length || (this._notify['*'] || []).length;
+    if (mine && (auto || this._mine[stream])) cands.push({ id: this._tab, visible: visible() });
+    for (id in this._tabs) {
+      t = this._tabs[id];
+      if ((t.notify.indexOf(type) >= 0 || t.notify.indexOf('*') >= 0) && (auto || refs[id])) {
+        cands.push({ id: id, visible: t.visible });
+      }
+    }
+    for (var i = 0; i < cands.length; i++) if (cands[i].visible) return cands[i].id;
+    return cands.length ? cands[0].id : null;
   };
 
   Wshub.isAutoStream = isAuto;

@@ -144,7 +144,10 @@ async fn event_by_id(State(app): State<Arc<AppState>>, Path(id): Path<String>) -
     }
     match app.engine.find(id.clone()).await? {
         Some(event) => {
-            let receipts = app.engine.receipt(Arc::clone(&event)).await;
+            let mut receipts = app.engine.receipt(Arc::clone(&event)).await;
+            if let (Some(push), Some(obj)) = (app.push.report(&event.id), receipts.as_object_mut()) {
+                obj.insert("push".into(), push);
+            }
             Ok(Json(Found { targets: event.targets.clone(), event: EventRow::new(&event), receipts }))
         }
         None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no event {id:?} in the kept history"))),

@@ -110,10 +110,12 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/", get(index))
         .route("/wshub.js", get(wshub_js))
         .route("/wshub.mjs", get(wshub_mjs))
+        .route("/wshub-sw.js", get(wshub_sw_js))
         .route("/dashboard", get(dashboard))
         .route("/ws", get(ws))
         .route("/health", get(health))
         .route("/api/health", get(health))
+        .merge(crate::push::routes())
         .method_not_allowed_fallback(method_not_allowed)
         .layer(cors);
     // `/dev/token` trusts loopback: no CORS headers, and the Host and Origin checks.
@@ -178,12 +180,15 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
     } else {
         AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
     };
-    CorsLayer::new().allow_origin(allow).allow_methods([Method::GET, Method::POST, Method::OPTIONS]).allow_headers([
-        header::CONTENT_TYPE,
-        header::AUTHORIZATION,
-        "x-api-key".parse().expect("valid header name"),
-        "idempotency-key".parse().expect("valid header name"),
-    ])
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            "x-api-key".parse().expect("valid header name"),
+            "idempotency-key".parse().expect("valid header name"),
+        ])
 }
 
 async fn not_found() -> ApiError {
@@ -208,6 +213,11 @@ async fn wshub_js() -> impl IntoResponse {
 
 async fn wshub_mjs() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/javascript; charset=utf-8")], include_str!("../../static/wshub.mjs"))
+}
+
+/// The Web Push service worker (docs/PUSH.md); apps serve their own copy from their origin.
+async fn wshub_sw_js() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/javascript; charset=utf-8")], include_str!("../../static/wshub-sw.js"))
 }
 
 async fn health(State(app): State<Arc<AppState>>) -> impl IntoResponse {

@@ -22,6 +22,7 @@ use crate::idempotency::validate_key;
 use crate::json_error::{describe, describe_at};
 use crate::metrics::namespace_label;
 use crate::protocol::{empty_object, validate_channel};
+use crate::push::{EventInfo, PushMessage, PushRequest};
 use crate::webhook::Notification;
 
 /// Most notifications in one batch.
@@ -70,6 +71,11 @@ struct NotifyBody {
     exclude_client: Option<Value>,
     /// `"webhook"`: also send a `notification.unread` webhook for each target user.
     fallback: Option<Value>,
+    /// Web Push fallback: what the notification shows (`title`, `body`, `url`, `tag`).
+    push: Option<Value>,
+    /// When to push: to users who did not ack within this long, or (`"0s"`, the default) to
+    /// users without a live connection.
+    fallback_after: Option<Value>,
     /// Accepted and ignored: Go hub publishers may send one; the hub sets its own.
     #[serde(rename = "timestamp")]
     _timestamp: Option<Value>,
@@ -83,6 +89,8 @@ pub struct Accepted {
     pub key: Option<String>,
     /// Whether `notification.unread` webhooks were asked for.
     pub fallback_webhook: bool,
+    /// The Web Push fallback asked for.
+    pub push: Option<PushRequest>,
 }
 
 /// Longest accepted `exclude_client`.
@@ -150,7 +158,14 @@ async fn notify(
             ApiError::bad_request("fallback \"webhook\" needs --webhook-url (no webhook is configured)"),
         ));
     }
+    if accepted.iter().any(|a| a.push.is_some()) && !app.push.has_room() {
+        return Err(reject(
+            "busy",
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too many push fallbacks waiting; try again later"),
+        ));
+    }
     let unread: Vec<Option<Unread>> = accepted.iter().map(Unread::of).collect();
+    let pushes: Vec<Option<PendingPush>> = accepted.iter().map(PendingPush::of).collect();
     let described: Option<Vec<(String, Vec<String>)>> = tracing::enabled!(tracing::Level::DEBUG)
         .then(|| accepted.iter().map(|a| (a.event.kind.clone(), a.event.targets.clone())).collect());
     let events = accepted.into_iter().map(|a| a.event).collect();
@@ -172,6 +187,11 @@ async fn notify(
     for (p, unread) in published.iter().zip(&unread) {
         if let Some(unread) = unread {
             unread.emit(&app, p);
+        }
+    }
+    for (p, push) in published.iter().zip(pushes) {
+        if let Some(push) = push {
+            push.schedule(&app, p);
         }
     }
     let answers: Vec<Answer> = published.iter().map(Answer::from).collect();
@@ -225,6 +245,39 @@ impl Unread {
         for user in &self.users {
             app.webhooks.notification_unread(user, &notification);
         }
+    }
+}
+
+/// A Web Push fallback to schedule once the event is published.
+struct PendingPush {
+    users: Vec<String>,
+    kind: String,
+    message: String,
+    data: Box<RawValue>,
+    request: PushRequest,
+}
+
+impl PendingPush {
+    fn of(a: &Accepted) -> Option<Self> {
+        let request = a.push.clone()?;
+        Some(Self {
+            users: a.event.targets.iter().filter_map(|t| t.strip_prefix("user:")).map(str::to_string).collect(),
+            kind: a.event.kind.clone(),
+            message: a.event.message.clone(),
+            data: a.event.data.clone(),
+            request,
+        })
+    }
+
+    fn schedule(self, app: &Arc<AppState>, published: &Published) {
+        let event = EventInfo {
+            id: published.id.clone(),
+            seq: published.seq,
+            kind: self.kind,
+            message: self.message,
+            data: self.data,
+        };
+        app.push.schedule(app, event, self.users, self.request);
     }
 }
 
@@ -353,8 +406,40 @@ pub(crate) fn parse_one(json: &[u8]) -> Result<Accepted, ApiError> {
     if fallback_webhook && !targets.iter().any(|t| t.starts_with("user:")) {
         return Err(ApiError::bad_request("field `fallback` needs a `user` target: unread is per user"));
     }
+    let push = parse_push(body.push, body.fallback_after, &targets)?;
     let event = NewEvent { kind, message, data, targets, from: None, exclude };
-    Ok(Accepted { event, key: body.idempotency_key, fallback_webhook })
+    Ok(Accepted { event, key: body.idempotency_key, fallback_webhook, push })
+}
+
+/// `push` and `fallback_after`: a Web Push fallback for the event's `user` targets.
+fn parse_push(push: Option<Value>, after: Option<Value>, targets: &[String]) -> Result<Option<PushRequest>, ApiError> {
+    let push = push.filter(|v| !v.is_null());
+    let after = after.filter(|v| !v.is_null());
+    let Some(push) = push else {
+        return match after {
+            Some(_) => Err(ApiError::bad_request("field `fallback_after` needs `push` (what to show)")),
+            None => Ok(None),
+        };
+    };
+    if serde_json::to_vec(&push).map_or(0, |v| v.len()) > crate::push::MAX_PAYLOAD_BYTES {
+        return Err(ApiError::bad_request(format!(
+            "field `push` over {} bytes (push services take about 4 KiB)",
+            crate::push::MAX_PAYLOAD_BYTES
+        )));
+    }
+    let message: PushMessage = serde_json::from_value(push)
+        .map_err(|e| ApiError::bad_request(format!("field `push`: {e} (keys: title, body, url, tag; strings)")))?;
+    let after = match after {
+        None => std::time::Duration::ZERO,
+        Some(Value::String(s)) => {
+            crate::push::parse_after(&s).map_err(|e| ApiError::bad_request(format!("field `fallback_after`: {e}")))?
+        }
+        Some(_) => return Err(ApiError::bad_request("field `fallback_after` must be a duration string like \"30s\"")),
+    };
+    if !targets.iter().any(|t| t.starts_with("user:")) {
+        return Err(ApiError::bad_request("field `push` needs a `user` target: push subscriptions are per user"));
+    }
+    Ok(Some(PushRequest { message, after }))
 }
 
 /// True for a `client_id` as `hub:connected` gives it: node id, `-`, connection number.
