@@ -20,7 +20,6 @@
 //! - [`stats`]: per-second samples for `/stats` and the live dashboard.
 //! - [`push`]: Web Push fallback: VAPID keys, users' push subscriptions, the push sender.
 //! - [`webhook`]: signed webhooks to the backend, debounced presence, `/presence/users`.
-//! - [`http`]: the router and handlers.
 //! - [`http`]: the router and handlers; `http::serve` is the accept loop (header-read timeout,
 //!   connection limits, lingering close) and `http::origin` the Origin and Host checks.
 //! - [`app`]: state shared by handlers and connections.
