@@ -128,6 +128,22 @@ async fn slowloris_sockets_are_closed_at_the_default_header_read_timeout() {
 }
 
 #[tokio::test]
+async fn a_notify_body_that_never_arrives_is_answered_408_at_the_default_timeout() {
+    let hub = TestHub::start(&[]).await;
+    let mut stream = TcpStream::connect(hub.addr).await.expect("connect");
+    let started = Instant::now();
+    let head = "POST /notify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+                Content-Length: 100000\r\n\r\n{\"type\":";
+    stream.write_all(head.as_bytes()).await.expect("write");
+    let (answer, closed) = read_to_close(&mut stream, Duration::from_secs(20)).await;
+    assert_eq!(status_of(&answer), 408, "{answer}");
+    assert!(answer.contains("--header-read-timeout"), "{answer}");
+    let waited = closed - started;
+    assert!(waited >= Duration::from_secs(10) && waited < Duration::from_secs(15), "after {waited:?}");
+    hub.stop().await;
+}
+
+#[tokio::test]
 async fn an_upgraded_websocket_is_not_bound_by_the_header_read_timeout() {
     let hub = TestHub::start(&["--header-read-timeout", "300ms"]).await;
     let mut client = hub.client().await;
@@ -227,6 +243,8 @@ async fn a_publisher_flooding_notify_gets_429_with_retry_after() {
     let retry_after: u64 =
         limited.headers()["retry-after"].to_str().expect("ascii").parse().expect("Retry-After in seconds");
     assert!(retry_after >= 1);
+    // Answered before the body was read: the client must not reuse this connection.
+    assert_eq!(limited.headers()["connection"], "close");
     let body: Value = limited.json().await.expect("json");
     assert!(body["error"].as_str().expect("error").contains("--notify-rate"), "{body}");
     assert!(metric(&hub, "wshub_publish_rejected_total", Some(("reason", "rate_limited"))).await >= 1.0);

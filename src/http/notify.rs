@@ -50,7 +50,7 @@ pub(super) async fn rate_limit(
                 app.config.notify_rate
             );
             let error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, message);
-            ([(header::RETRY_AFTER, secs.to_string())], error).into_response()
+            super::closing(([(header::RETRY_AFTER, secs.to_string())], error).into_response())
         }
     }
 }
@@ -111,6 +111,14 @@ async fn notify(
         StatusCode::PAYLOAD_TOO_LARGE => {
             let msg = format!("body over {} bytes (--max-body-bytes)", app.config.max_body_bytes);
             reject("too_large", ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, msg))
+        }
+        // The body timeout of the router (tower-http) surfaces as a failed read.
+        _ if std::error::Error::source(&e).is_some_and(|cause| cause.to_string().contains("not received within")) => {
+            let msg = format!(
+                "the request body did not arrive within {:?} (--header-read-timeout)",
+                app.config.header_read_timeout
+            );
+            reject("body_timeout", ApiError::new(StatusCode::REQUEST_TIMEOUT, msg))
         }
         status => reject("bad_body", ApiError::new(status, e.body_text())),
     })?;
@@ -389,6 +397,15 @@ pub(crate) fn parse_one(json: &[u8]) -> Result<Accepted, ApiError> {
     targets_of("channel", body.channel, "", &mut targets)?;
     targets_of("user", body.user, "user:", &mut targets)?;
     targets_of("role", body.role, "role:", &mut targets)?;
+    let mut seen = std::collections::HashSet::with_capacity(targets.len());
+    targets.retain(|t| seen.insert(t.clone()));
+    if targets.len() > MAX_TARGETS {
+        return Err(ApiError::bad_request(format!(
+            "{} targets in one notification; at most {MAX_TARGETS} (channel, user and role together): \
+             split it into a batch",
+            targets.len()
+        )));
+    }
     let exclude = match body.exclude_client {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if is_client_id(&s) => Some(s),
@@ -452,6 +469,11 @@ fn is_client_id(s: &str) -> bool {
                 && n.chars().all(|c| c.is_ascii_digit())
         })
 }
+
+/// Most distinct streams one notification may target. Every target costs the hub a stream
+/// lookup, a history entry and a frame, so a body at the size limit (over 100,000 short names)
+/// must not be one event; a batch spreads the work over events the hub serves one by one.
+pub const MAX_TARGETS: usize = 10_000;
 
 /// Deepest nesting accepted in `data`. Frames wrap `data` in their envelope (and `hub:*` replies
 /// wrap events once more), so this leaves room below the 128 levels that serde_json and many other
@@ -559,9 +581,7 @@ fn targets_of(field: &str, value: Option<Value>, prefix: &str, out: &mut Vec<Str
             return Err(ApiError::bad_request(format!("field `{field}` has an empty name")));
         }
         validate_channel(&stream).map_err(|e| ApiError::bad_request(format!("field `{field}`: {name:?}: {e}")))?;
-        if !out.contains(&stream) {
-            out.push(stream);
-        }
+        out.push(stream);
     }
     Ok(())
 }
@@ -618,6 +638,9 @@ mod tests {
         let ok = format!(r#"{{"type":"t","data":{}1{}}}"#, "[".repeat(100), "]".repeat(100));
         let over = format!(r#"{{"type":"t","data":{}1{}}}"#, "[".repeat(101), "]".repeat(101));
         assert!(err(&over).contains("deeper than 100"), "{}", err(&over));
+        let names: Vec<String> = (0..=MAX_TARGETS).map(|i| format!("c{i}")).collect();
+        let many = serde_json::json!({"type": "t", "channel": names}).to_string();
+        assert!(err(&many).contains("at most 10000"), "{}", err(&many));
         assert!(parse_body(ok.as_bytes()).is_ok(), "100 levels are fine");
     }
 
