@@ -556,12 +556,12 @@ fn targets_of(field: &str, value: Option<Value>, prefix: &str, out: &mut Vec<Str
     let names = match value {
         None | Some(Value::Null) => return Ok(()),
         Some(Value::String(s)) => vec![s],
-        Some(Value::Number(n)) if prefix == "user:" => vec![n.to_string()],
+        Some(Value::Number(n)) if prefix == "user:" && (n.is_u64() || n.is_i64()) => vec![n.to_string()],
         Some(Value::Array(items)) => items
             .into_iter()
             .map(|v| match v {
                 Value::String(s) => Ok(s),
-                Value::Number(n) if prefix == "user:" => Ok(n.to_string()),
+                Value::Number(n) if prefix == "user:" && (n.is_u64() || n.is_i64()) => Ok(n.to_string()),
                 _ => Err(ApiError::bad_request(format!("field `{field}` must be a string or an array of strings"))),
             })
             .collect::<Result<_, _>>()?,
