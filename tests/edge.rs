@@ -510,6 +510,24 @@ async fn idempotency_keys_are_checked_and_a_reused_key_with_another_body_is_a_co
     let (status, conflict) = notify_with_key(&hub, &key, &json!({"type": "order", "message": "two"})).await;
     assert_eq!(status, 422, "{conflict}");
     assert!(conflict["error"].as_str().expect("error").contains("different body"), "{conflict}");
+    // A retry that only re-stamps `timestamp` (as Go-hub clients do) is the same publish.
+    let restamped = json!({"message": "one", "type": "order", "timestamp": "2026-01-01T00:00:00Z"});
+    let (status, retry) = notify_with_key(&hub, &key, &restamped).await;
+    assert_eq!((status, &retry["id"]), (200, &first["id"]), "{retry}");
+    // Two keys for one publish are refused, never one of them silently ignored.
+    let both = json!({"type": "order", "idempotency_key": "other"});
+    let (status, body) = notify_with_key(&hub, b"mine", &both).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().expect("error").contains("differ"), "{body}");
+    let twice = reqwest::Client::new()
+        .post(hub.url("/notify"))
+        .header("idempotency-key", "x1")
+        .header("idempotency-key", "x2")
+        .json(&order)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(twice.status(), 400);
     assert_eq!(listener.next_event().await["message"], "one");
     listener.assert_no_event().await;
     hub.stop().await;

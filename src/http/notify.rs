@@ -123,7 +123,11 @@ async fn notify(
         status => reject("bad_body", ApiError::new(status, e.body_text())),
     })?;
     let max_key = app.config.max_idempotency_key_bytes as usize;
-    let header_key = match headers.get("idempotency-key") {
+    let mut header_keys = headers.get_all("idempotency-key").iter();
+    let header_key = match header_keys.next() {
+        Some(_) if header_keys.next().is_some() => {
+            return Err(reject("idempotency_key", ApiError::bad_request("more than one Idempotency-Key header")));
+        }
         Some(value) => {
             validate_key(value.as_bytes(), max_key)
                 .map_err(|e| reject("idempotency_key", ApiError::bad_request(e.to_string())))?;
@@ -145,6 +149,14 @@ async fn notify(
             ),
         ));
     }
+    if let (Some(header), Some(field)) = (&header_key, accepted.first().and_then(|a| a.key.as_ref()))
+        && header != field
+    {
+        return Err(reject(
+            "idempotency_key",
+            ApiError::bad_request("the Idempotency-Key header and the `idempotency_key` field differ: send one"),
+        ));
+    }
     if header_key.is_none()
         && let Some(key) = &key
     {
@@ -152,7 +164,7 @@ async fn notify(
             .map_err(|e| reject("idempotency_key", ApiError::bad_request(format!("field `idempotency_key`: {e}"))))?;
     }
     let claimed = match &key {
-        Some(key) => Some(app.idempotency.claim(key, &body).map_err(|e| {
+        Some(key) => Some(app.idempotency.claim(key, &canonical_body(&body)).map_err(|e| {
             reject("idempotency_conflict", ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))
         })?),
         None => None,
@@ -470,6 +482,45 @@ fn is_client_id(s: &str) -> bool {
         })
 }
 
+/// What a retry must repeat for its `Idempotency-Key` to match: the body's JSON with object keys
+/// sorted and white space dropped, without `timestamp` (replaced by the hub, and set afresh by
+/// Go-hub-style clients on each retry) and `idempotency_key`. Called only for a body that parsed.
+fn canonical_body(body: &[u8]) -> Vec<u8> {
+    fn strip(value: &mut Value) {
+        if let Value::Object(fields) = value {
+            fields.remove("timestamp");
+            fields.remove("idempotency_key");
+        }
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(mut value) => {
+            match &mut value {
+                Value::Array(items) => items.iter_mut().for_each(strip),
+                other => strip(other),
+            }
+            canonical_json(&value).into_bytes()
+        }
+        Err(_) => body.to_vec(),
+    }
+}
+
+/// JSON text with every object's keys in sorted order, whatever map type serde_json was built with.
+fn canonical_json(value: &Value) -> String {
+    match value {
+        Value::Object(fields) => {
+            let mut keys: Vec<&String> = fields.keys().collect();
+            keys.sort();
+            let inner: Vec<String> = keys
+                .into_iter()
+                .map(|k| format!("{}:{}", Value::String(k.clone()), canonical_json(&fields[k.as_str()])))
+                .collect();
+            format!("{{{}}}", inner.join(","))
+        }
+        Value::Array(items) => format!("[{}]", items.iter().map(canonical_json).collect::<Vec<_>>().join(",")),
+        scalar => scalar.to_string(),
+    }
+}
+
 /// Most distinct streams one notification may target. Every target costs the hub a stream
 /// lookup, a history entry and a frame, so a body at the size limit (over 100,000 short names)
 /// must not be one event; a batch spreads the work over events the hub serves one by one.
@@ -642,6 +693,14 @@ mod tests {
         let many = serde_json::json!({"type": "t", "channel": names}).to_string();
         assert!(err(&many).contains("at most 10000"), "{}", err(&many));
         assert!(parse_body(ok.as_bytes()).is_ok(), "100 levels are fine");
+    }
+
+    #[test]
+    fn a_retry_matches_its_key_whatever_its_spacing_key_order_or_timestamp() {
+        let first = canonical_body(br#"{"type":"t","data":{"a":1,"b":[1,2]},"timestamp":"2026-01-01T00:00:00Z"}"#);
+        let retry = canonical_body(b"{ \"data\" : {\"b\":[1, 2],\"a\":1}, \"type\":\"t\", \"timestamp\":\"later\" } ");
+        assert_eq!(first, retry);
+        assert_ne!(first, canonical_body(br#"{"type":"t","data":{"a":2,"b":[1,2]}}"#));
     }
 
     #[test]
