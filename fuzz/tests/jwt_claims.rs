@@ -13,6 +13,7 @@ use serde_json::value::RawValue;
 use strategies::{json_string, json_value, short_valid_name};
 use wshub::auth::Verifier;
 use wshub::connection::expiry_deadline;
+use wshub::protocol::validate_channel;
 
 const SECRET: &str = "fuzz-secret";
 
@@ -72,13 +73,18 @@ fn sign(claims: &str, secret: &str) -> Option<String> {
     jsonwebtoken::encode(&Header::default(), &raw, &EncodingKey::from_secret(secret.as_bytes())).ok()
 }
 
-/// True when the claims are valid by docs/PROTOCOL.md: a non-empty string `sub`, an integer
+/// True when the claims are valid by docs/PROTOCOL.md: a non-empty string `sub` that can name a
+/// user stream, or an integer `sub`; an integer
 /// `exp` not more than 30 s in the past, and string / string-array optional claims.
 fn documented_valid(claims: &serde_json::Value) -> bool {
     let is_strings = |v: Option<&serde_json::Value>| {
         v.is_none_or(|v| v.as_array().is_some_and(|a| a.iter().all(serde_json::Value::is_string)))
     };
-    let sub_ok = claims.get("sub").and_then(|s| s.as_str()).is_some_and(|s| !s.is_empty());
+    let sub_ok = match claims.get("sub") {
+        Some(serde_json::Value::String(s)) => !s.is_empty() && validate_channel(&format!("user:{s}")).is_ok(),
+        Some(serde_json::Value::Number(n)) => n.is_u64() || n.is_i64(),
+        _ => false,
+    };
     let exp_ok = claims.get("exp").and_then(serde_json::Value::as_u64).is_some_and(|e| e > now() - 25);
     let role_ok = claims.get("role").is_none_or(|r| r.is_string() || r.is_null());
     sub_ok && exp_ok && role_ok && is_strings(claims.get("roles")) && is_strings(claims.get("channels"))
@@ -96,7 +102,11 @@ proptest! {
         if let Some(value) = value.as_ref().filter(|v| documented_valid(v)) {
             prop_assert!(verified.is_ok(), "valid claims refused: {claims} ({:?})", verified.as_ref().err());
             let id = verified.as_ref().expect("checked");
-            prop_assert_eq!(id.user.as_deref(), value["sub"].as_str());
+            let expected = match &value["sub"] {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            prop_assert_eq!(id.user.as_deref(), Some(expected.as_str()));
         }
         if let Ok(id) = verified {
             prop_assert!(id.user.as_deref().is_some_and(|u| !u.is_empty()), "no user from {claims}");
