@@ -75,6 +75,8 @@ pub struct ConnShared {
     /// Frames waiting for the writer.
     pub queue: SendQueue,
     stopped: AtomicBool,
+    /// The peer sent a close frame: the writer must flush the echo tungstenite queued for it.
+    peer_closed: AtomicBool,
     wake: Notify,
     reason: AtomicU16,
     /// When the connection opened, on tokio's clock (keep-alive is tested with paused time).
@@ -89,6 +91,7 @@ impl ConnShared {
         Self {
             queue: SendQueue::new(limits),
             stopped: AtomicBool::new(false),
+            peer_closed: AtomicBool::new(false),
             wake: Notify::new(),
             reason: AtomicU16::new(0),
             opened: Instant::now(),
@@ -424,6 +427,11 @@ where
             let _ = timeout(CLOSE_WAIT, send_all(&mut sink, &batch)).await;
         }
         let _ = timeout(CLOSE_WAIT, sink.send(close_message(reason))).await;
+    } else if shared.peer_closed.load(Ordering::Acquire) {
+        // RFC 6455 §5.5.1: a close frame is answered with one. tungstenite queued the echo (the
+        // peer's code, or 1002 for a code not allowed on the wire) when it read the close; closing
+        // the sink writes it before the socket is shut.
+        let _ = timeout(CLOSE_WAIT, sink.close()).await;
     }
 }
 
@@ -533,7 +541,7 @@ impl Reader {
                     expiry = expiry_deadline(&self.identity).map(|at| Box::pin(sleep_until(at)));
                 }
                 Message::Binary(_) => return self.shared.close(CloseReason::Policy),
-                Message::Close(_) => return,
+                Message::Close(_) => return self.shared.peer_closed.store(true, Ordering::Release),
                 Message::Ping(_) | Message::Pong(_) => {}
             }
         }
