@@ -609,3 +609,20 @@ async fn a_client_close_is_echoed_and_an_invalid_code_is_answered_with_1002() {
     assert_eq!(close_after(&hub, &client_close(999)).await, (Some(1002), true));
     hub.stop().await;
 }
+
+#[tokio::test]
+async fn hub_connected_is_first_even_when_a_client_pings_right_after_the_handshake() {
+    let hub = TestHub::start(&[]).await;
+    let clients = (0..50).map(|_| async {
+        let mut client = Client::connect(&hub.ws_url("/ws")).await;
+        // Sent before anything is read: the hub may still be registering the connection.
+        client.send_json(json!({"type": "ping"})).await;
+        let first = client.next_json().await;
+        let second = client.next_json().await;
+        (first["type"].clone(), second["type"].clone())
+    });
+    for (first, second) in futures_util::future::join_all(clients).await {
+        assert_eq!((first.as_str(), second.as_str()), (Some("hub:connected"), Some("hub:pong")));
+    }
+    hub.stop().await;
+}
