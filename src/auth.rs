@@ -140,12 +140,20 @@ impl Verifier {
             _ => AuthError::Invalid(e.to_string()),
         })?;
         let c = data.claims;
+        // A float or a number beyond 64 bits would name a different stream than the same id
+        // given to `/notify` (`1e2` is not `100`), so only integers are taken as numbers.
         let user = match c.sub {
             StringOrNumber::S(s) => s,
-            StringOrNumber::N(n) => n.to_string(),
+            StringOrNumber::N(n) if n.is_u64() || n.is_i64() => n.to_string(),
+            StringOrNumber::N(n) => {
+                return Err(AuthError::Invalid(format!("sub {n} is not an integer: use a string or a whole number")));
+            }
         };
         if user.is_empty() {
             return Err(AuthError::Invalid("empty sub".into()));
+        }
+        if let Err(e) = crate::protocol::validate_channel(&format!("user:{user}")) {
+            return Err(AuthError::Invalid(format!("sub cannot name a user stream: {e}")));
         }
         let mut roles: Vec<String> = Vec::new();
         for role in c.role.into_iter().chain(c.roles) {
@@ -408,6 +416,24 @@ mod tests {
             v.verify(&hs256(serde_json::json!({"sub": true, "exp": in_an_hour()}))),
             Err(AuthError::Invalid(_))
         ));
+        let id = v.verify(&hs256(serde_json::json!({"sub": -7, "exp": in_an_hour()}))).expect("valid");
+        assert_eq!(id.user.as_deref(), Some("-7"));
+    }
+
+    #[test]
+    fn a_sub_that_would_name_another_stream_than_notify_targets_is_refused() {
+        let v = Verifier::hs256("s");
+        // 1e2 would become user:100.0 while /notify {"user":100} targets user:100; a number beyond
+        // 64 bits loses digits, so two users would share a stream.
+        for sub in [serde_json::json!(1e2), serde_json::json!(-0.0), serde_json::json!(1.2345678901234568e29)] {
+            let refused = v.verify(&hs256(serde_json::json!({"sub": sub, "exp": in_an_hour()})));
+            assert!(
+                matches!(&refused, Err(AuthError::Invalid(m)) if m.contains("not an integer")),
+                "{sub}: {refused:?}"
+            );
+        }
+        let spaced = v.verify(&hs256(serde_json::json!({"sub": "a b", "exp": in_an_hour()})));
+        assert!(matches!(&spaced, Err(AuthError::Invalid(m)) if m.contains("user stream")), "{spaced:?}");
     }
 
     #[test]

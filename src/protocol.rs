@@ -473,13 +473,32 @@ pub fn error_frame(code: &str, message: &str, channel: Option<&str>) -> Utf8Byte
 pub fn now_rfc3339() -> (String, u64) {
     let now = time::OffsetDateTime::now_utc();
     let ms = u64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
-    let text = now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    // RFC 3339 in UTC with exactly three fractional digits, as documented (`...12:00:00.123Z`).
+    let text = format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second(),
+        now.millisecond()
+    );
     (text, ms)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_are_utc_with_milliseconds() {
+        let (text, ms) = now_rfc3339();
+        assert_eq!(text.len(), "2026-01-01T12:00:00.123Z".len(), "{text}");
+        let parsed =
+            time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339).expect("RFC 3339");
+        assert_eq!(u64::try_from(parsed.unix_timestamp_nanos() / 1_000_000).expect("after 1970"), ms);
+    }
 
     #[test]
     fn channel_names() {

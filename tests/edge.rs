@@ -130,6 +130,22 @@ async fn slowloris_sockets_are_closed_at_the_default_header_read_timeout() {
 }
 
 #[tokio::test]
+async fn a_notify_body_that_never_arrives_is_answered_408_at_the_default_timeout() {
+    let hub = TestHub::start(&[]).await;
+    let mut stream = TcpStream::connect(hub.addr).await.expect("connect");
+    let started = Instant::now();
+    let head = "POST /notify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+                Content-Length: 100000\r\n\r\n{\"type\":";
+    stream.write_all(head.as_bytes()).await.expect("write");
+    let (answer, closed) = read_to_close(&mut stream, Duration::from_secs(20)).await;
+    assert_eq!(status_of(&answer), 408, "{answer}");
+    assert!(answer.contains("--header-read-timeout"), "{answer}");
+    let waited = closed - started;
+    assert!(waited >= Duration::from_secs(10) && waited < Duration::from_secs(15), "after {waited:?}");
+    hub.stop().await;
+}
+
+#[tokio::test]
 async fn an_upgraded_websocket_is_not_bound_by_the_header_read_timeout() {
     let hub = TestHub::start(&["--header-read-timeout", "300ms"]).await;
     let mut client = hub.client().await;
@@ -229,6 +245,8 @@ async fn a_publisher_flooding_notify_gets_429_with_retry_after() {
     let retry_after: u64 =
         limited.headers()["retry-after"].to_str().expect("ascii").parse().expect("Retry-After in seconds");
     assert!(retry_after >= 1);
+    // Answered before the body was read: the client must not reuse this connection.
+    assert_eq!(limited.headers()["connection"], "close");
     let body: Value = limited.json().await.expect("json");
     assert!(body["error"].as_str().expect("error").contains("--notify-rate"), "{body}");
     assert!(metric(&hub, "wshub_publish_rejected_total", Some(("reason", "rate_limited"))).await >= 1.0);
@@ -494,6 +512,24 @@ async fn idempotency_keys_are_checked_and_a_reused_key_with_another_body_is_a_co
     let (status, conflict) = notify_with_key(&hub, &key, &json!({"type": "order", "message": "two"})).await;
     assert_eq!(status, 422, "{conflict}");
     assert!(conflict["error"].as_str().expect("error").contains("different body"), "{conflict}");
+    // A retry that only re-stamps `timestamp` (as Go-hub clients do) is the same publish.
+    let restamped = json!({"message": "one", "type": "order", "timestamp": "2026-01-01T00:00:00Z"});
+    let (status, retry) = notify_with_key(&hub, &key, &restamped).await;
+    assert_eq!((status, &retry["id"]), (200, &first["id"]), "{retry}");
+    // Two keys for one publish are refused, never one of them silently ignored.
+    let both = json!({"type": "order", "idempotency_key": "other"});
+    let (status, body) = notify_with_key(&hub, b"mine", &both).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().expect("error").contains("differ"), "{body}");
+    let twice = reqwest::Client::new()
+        .post(hub.url("/notify"))
+        .header("idempotency-key", "x1")
+        .header("idempotency-key", "x2")
+        .json(&order)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(twice.status(), 400);
     assert_eq!(listener.next_event().await["message"], "one");
     listener.assert_no_event().await;
     hub.stop().await;

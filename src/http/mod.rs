@@ -21,6 +21,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::app::AppState;
 use crate::auth::{ApiKeyError, Identity, check_api_key, check_operator};
@@ -104,7 +105,9 @@ pub fn router(app: Arc<AppState>) -> Router {
         .merge(publishing)
         .merge(admin::routes())
         .method_not_allowed_fallback(method_not_allowed)
-        .route_layer(middleware::from_fn_with_state(Arc::clone(&app), require_api_key));
+        .route_layer(middleware::from_fn_with_state(Arc::clone(&app), require_api_key))
+        // A body that stops arriving must not hold a connection (and a connection slot) forever.
+        .layer(RequestBodyTimeoutLayer::new(app.config.header_read_timeout));
     let protected = if app.config.api_key.is_some() { protected.layer(cors.clone()) } else { protected };
     let public = Router::new()
         .route("/", get(index))
@@ -130,11 +133,22 @@ async fn require_api_key(
     request: axum::extract::Request,
     next: middleware::Next,
 ) -> Result<Response, ApiError> {
-    authorize(&app, request.headers(), peer)?;
-    if app.config.api_key.is_none() {
-        check_local_host(&app, request.headers())?;
+    let checked = authorize(&app, request.headers(), peer).and_then(|()| match app.config.api_key {
+        None => check_local_host(&app, request.headers()),
+        Some(_) => Ok(()),
+    });
+    match checked {
+        Ok(()) => Ok(next.run(request).await),
+        Err(err) => Ok(closing(err.into_response())),
     }
-    Ok(next.run(request).await)
+}
+
+/// Marks an answer sent before the request body was read: the connection cannot carry another
+/// request (the unread body is still on it), so the client is told to open a new one instead of
+/// finding it dropped under its next request.
+pub(crate) fn closing(mut response: Response) -> Response {
+    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// For routes trusted from loopback: the layer form of [`check_local_host`].

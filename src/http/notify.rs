@@ -50,7 +50,7 @@ pub(super) async fn rate_limit(
                 app.config.notify_rate
             );
             let error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, message);
-            ([(header::RETRY_AFTER, secs.to_string())], error).into_response()
+            super::closing(([(header::RETRY_AFTER, secs.to_string())], error).into_response())
         }
     }
 }
@@ -112,10 +112,22 @@ async fn notify(
             let msg = format!("body over {} bytes (--max-body-bytes)", app.config.max_body_bytes);
             reject("too_large", ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, msg))
         }
+        // The body timeout of the router (tower-http) surfaces as a failed read.
+        _ if std::error::Error::source(&e).is_some_and(|cause| cause.to_string().contains("not received within")) => {
+            let msg = format!(
+                "the request body did not arrive within {:?} (--header-read-timeout)",
+                app.config.header_read_timeout
+            );
+            reject("body_timeout", ApiError::new(StatusCode::REQUEST_TIMEOUT, msg))
+        }
         status => reject("bad_body", ApiError::new(status, e.body_text())),
     })?;
     let max_key = app.config.max_idempotency_key_bytes as usize;
-    let header_key = match headers.get("idempotency-key") {
+    let mut header_keys = headers.get_all("idempotency-key").iter();
+    let header_key = match header_keys.next() {
+        Some(_) if header_keys.next().is_some() => {
+            return Err(reject("idempotency_key", ApiError::bad_request("more than one Idempotency-Key header")));
+        }
         Some(value) => {
             validate_key(value.as_bytes(), max_key)
                 .map_err(|e| reject("idempotency_key", ApiError::bad_request(e.to_string())))?;
@@ -137,6 +149,14 @@ async fn notify(
             ),
         ));
     }
+    if let (Some(header), Some(field)) = (&header_key, accepted.first().and_then(|a| a.key.as_ref()))
+        && header != field
+    {
+        return Err(reject(
+            "idempotency_key",
+            ApiError::bad_request("the Idempotency-Key header and the `idempotency_key` field differ: send one"),
+        ));
+    }
     if header_key.is_none()
         && let Some(key) = &key
     {
@@ -144,7 +164,7 @@ async fn notify(
             .map_err(|e| reject("idempotency_key", ApiError::bad_request(format!("field `idempotency_key`: {e}"))))?;
     }
     let claimed = match &key {
-        Some(key) => Some(app.idempotency.claim(key, &body).map_err(|e| {
+        Some(key) => Some(app.idempotency.claim(key, &canonical_body(&body)).map_err(|e| {
             reject("idempotency_conflict", ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))
         })?),
         None => None,
@@ -389,6 +409,15 @@ pub(crate) fn parse_one(json: &[u8]) -> Result<Accepted, ApiError> {
     targets_of("channel", body.channel, "", &mut targets)?;
     targets_of("user", body.user, "user:", &mut targets)?;
     targets_of("role", body.role, "role:", &mut targets)?;
+    let mut seen = std::collections::HashSet::with_capacity(targets.len());
+    targets.retain(|t| seen.insert(t.clone()));
+    if targets.len() > MAX_TARGETS {
+        return Err(ApiError::bad_request(format!(
+            "{} targets in one notification; at most {MAX_TARGETS} (channel, user and role together): \
+             split it into a batch",
+            targets.len()
+        )));
+    }
     let exclude = match body.exclude_client {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if is_client_id(&s) => Some(s),
@@ -452,6 +481,50 @@ fn is_client_id(s: &str) -> bool {
                 && n.chars().all(|c| c.is_ascii_digit())
         })
 }
+
+/// What a retry must repeat for its `Idempotency-Key` to match: the body's JSON with object keys
+/// sorted and white space dropped, without `timestamp` (replaced by the hub, and set afresh by
+/// Go-hub-style clients on each retry) and `idempotency_key`. Called only for a body that parsed.
+fn canonical_body(body: &[u8]) -> Vec<u8> {
+    fn strip(value: &mut Value) {
+        if let Value::Object(fields) = value {
+            fields.remove("timestamp");
+            fields.remove("idempotency_key");
+        }
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(mut value) => {
+            match &mut value {
+                Value::Array(items) => items.iter_mut().for_each(strip),
+                other => strip(other),
+            }
+            canonical_json(&value).into_bytes()
+        }
+        Err(_) => body.to_vec(),
+    }
+}
+
+/// JSON text with every object's keys in sorted order, whatever map type serde_json was built with.
+fn canonical_json(value: &Value) -> String {
+    match value {
+        Value::Object(fields) => {
+            let mut keys: Vec<&String> = fields.keys().collect();
+            keys.sort();
+            let inner: Vec<String> = keys
+                .into_iter()
+                .map(|k| format!("{}:{}", Value::String(k.clone()), canonical_json(&fields[k.as_str()])))
+                .collect();
+            format!("{{{}}}", inner.join(","))
+        }
+        Value::Array(items) => format!("[{}]", items.iter().map(canonical_json).collect::<Vec<_>>().join(",")),
+        scalar => scalar.to_string(),
+    }
+}
+
+/// Most distinct streams one notification may target. Every target costs the hub a stream
+/// lookup, a history entry and a frame, so a body at the size limit (over 100,000 short names)
+/// must not be one event; a batch spreads the work over events the hub serves one by one.
+pub const MAX_TARGETS: usize = 10_000;
 
 /// Deepest nesting accepted in `data`. Frames wrap `data` in their envelope (and `hub:*` replies
 /// wrap events once more), so this leaves room below the 128 levels that serde_json and many other
@@ -534,12 +607,12 @@ fn targets_of(field: &str, value: Option<Value>, prefix: &str, out: &mut Vec<Str
     let names = match value {
         None | Some(Value::Null) => return Ok(()),
         Some(Value::String(s)) => vec![s],
-        Some(Value::Number(n)) if prefix == "user:" => vec![n.to_string()],
+        Some(Value::Number(n)) if prefix == "user:" && (n.is_u64() || n.is_i64()) => vec![n.to_string()],
         Some(Value::Array(items)) => items
             .into_iter()
             .map(|v| match v {
                 Value::String(s) => Ok(s),
-                Value::Number(n) if prefix == "user:" => Ok(n.to_string()),
+                Value::Number(n) if prefix == "user:" && (n.is_u64() || n.is_i64()) => Ok(n.to_string()),
                 _ => Err(ApiError::bad_request(format!("field `{field}` must be a string or an array of strings"))),
             })
             .collect::<Result<_, _>>()?,
@@ -559,9 +632,7 @@ fn targets_of(field: &str, value: Option<Value>, prefix: &str, out: &mut Vec<Str
             return Err(ApiError::bad_request(format!("field `{field}` has an empty name")));
         }
         validate_channel(&stream).map_err(|e| ApiError::bad_request(format!("field `{field}`: {name:?}: {e}")))?;
-        if !out.contains(&stream) {
-            out.push(stream);
-        }
+        out.push(stream);
     }
     Ok(())
 }
@@ -618,7 +689,18 @@ mod tests {
         let ok = format!(r#"{{"type":"t","data":{}1{}}}"#, "[".repeat(100), "]".repeat(100));
         let over = format!(r#"{{"type":"t","data":{}1{}}}"#, "[".repeat(101), "]".repeat(101));
         assert!(err(&over).contains("deeper than 100"), "{}", err(&over));
+        let names: Vec<String> = (0..=MAX_TARGETS).map(|i| format!("c{i}")).collect();
+        let many = serde_json::json!({"type": "t", "channel": names}).to_string();
+        assert!(err(&many).contains("at most 10000"), "{}", err(&many));
         assert!(parse_body(ok.as_bytes()).is_ok(), "100 levels are fine");
+    }
+
+    #[test]
+    fn a_retry_matches_its_key_whatever_its_spacing_key_order_or_timestamp() {
+        let first = canonical_body(br#"{"type":"t","data":{"a":1,"b":[1,2]},"timestamp":"2026-01-01T00:00:00Z"}"#);
+        let retry = canonical_body(b"{ \"data\" : {\"b\":[1, 2],\"a\":1}, \"type\":\"t\", \"timestamp\":\"later\" } ");
+        assert_eq!(first, retry);
+        assert_ne!(first, canonical_body(br#"{"type":"t","data":{"a":2,"b":[1,2]}}"#));
     }
 
     #[test]
