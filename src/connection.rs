@@ -75,6 +75,10 @@ pub struct ConnShared {
     /// Frames waiting for the writer.
     pub queue: SendQueue,
     stopped: AtomicBool,
+    /// The peer sent a close frame: the writer must flush the echo tungstenite queued for it.
+    peer_closed: AtomicBool,
+    /// The hub queued `hub:connected`: until then the reader answers nothing, so it stays first.
+    greeted: AtomicBool,
     wake: Notify,
     reason: AtomicU16,
     /// When the connection opened, on tokio's clock (keep-alive is tested with paused time).
@@ -89,6 +93,8 @@ impl ConnShared {
         Self {
             queue: SendQueue::new(limits),
             stopped: AtomicBool::new(false),
+            peer_closed: AtomicBool::new(false),
+            greeted: AtomicBool::new(false),
             wake: Notify::new(),
             reason: AtomicU16::new(0),
             opened: Instant::now(),
@@ -115,11 +121,27 @@ impl ConnShared {
 
     /// Resolves once the connection is stopping.
     async fn stopping(&self) {
+        self.wait_for(&self.stopped).await;
+    }
+
+    /// Called by the hub once `hub:connected` is queued: the reader may answer frames now.
+    pub(crate) fn mark_greeted(&self) {
+        self.greeted.store(true, Ordering::Release);
+        self.wake.notify_waiters();
+    }
+
+    /// Resolves once `hub:connected` is queued.
+    async fn greeted(&self) {
+        self.wait_for(&self.greeted).await;
+    }
+
+    /// Resolves once `flag` is set (every setter notifies `wake`).
+    async fn wait_for(&self, flag: &AtomicBool) {
         loop {
             let notified = self.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.stopped.load(Ordering::Acquire) {
+            if flag.load(Ordering::Acquire) {
                 return;
             }
             notified.await;
@@ -424,6 +446,11 @@ where
             let _ = timeout(CLOSE_WAIT, send_all(&mut sink, &batch)).await;
         }
         let _ = timeout(CLOSE_WAIT, sink.send(close_message(reason))).await;
+    } else if shared.peer_closed.load(Ordering::Acquire) {
+        // RFC 6455 §5.5.1: a close frame is answered with one. tungstenite queued the echo (the
+        // peer's code, or 1002 for a code not allowed on the wire) when it read the close; closing
+        // the sink writes it before the socket is shut.
+        let _ = timeout(CLOSE_WAIT, sink.close()).await;
     }
 }
 
@@ -495,6 +522,13 @@ impl Reader {
         tokio::pin!(stopping);
         // Only connections whose token expires carry a timer, boxed so the others pay nothing.
         let mut expiry = expiry_deadline(&self.identity).map(|at| Box::pin(sleep_until(at)));
+        // `hub:connected` is the first frame (PROTOCOL.md): a frame read before the hub queued it
+        // could be answered (hub:pong, hub:error) ahead of it.
+        tokio::select! {
+            biased;
+            _ = &mut stopping => return,
+            () = shared.greeted() => {}
+        }
         loop {
             let next = tokio::select! {
                 biased;
@@ -533,7 +567,7 @@ impl Reader {
                     expiry = expiry_deadline(&self.identity).map(|at| Box::pin(sleep_until(at)));
                 }
                 Message::Binary(_) => return self.shared.close(CloseReason::Policy),
-                Message::Close(_) => return,
+                Message::Close(_) => return self.shared.peer_closed.store(true, Ordering::Release),
                 Message::Ping(_) | Message::Pong(_) => {}
             }
         }

@@ -14,6 +14,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 const KEY: &str = "edge-test-key";
 const SECRET: &str = "edge-test-secret";
@@ -617,6 +619,52 @@ async fn the_documented_close_code_arrives_before_the_socket_closes() {
         unmasked.extend_from_slice(b"hello");
         unmasked.extend(client_frame(0x1, 100).repeat(200));
         assert_eq!(close_after(&hub, &unmasked).await, (Some(1002), true), "round {round}");
+    }
+    hub.stop().await;
+}
+
+/// A masked client close frame carrying `code` (RFC 6455 §5.5.1).
+fn client_close(code: u16) -> Vec<u8> {
+    let mut frame = vec![0x88, 0x80 | 2, 0, 0, 0, 0];
+    frame.extend_from_slice(&code.to_be_bytes());
+    frame
+}
+
+#[tokio::test]
+async fn a_client_close_is_echoed_and_an_invalid_code_is_answered_with_1002() {
+    let hub = TestHub::start(&[]).await;
+    // A real client's clean close: it gets the hub's close frame with its own code.
+    let mut client = hub.client().await;
+    let bye = CloseFrame { code: CloseCode::Normal, reason: "bye".into() };
+    client.ws.close(Some(bye)).await.expect("send close");
+    assert_eq!(client.ended().await, Ended::Closed(1000));
+    // The echo carries the client's code, then the socket ends with a FIN.
+    assert_eq!(close_after(&hub, &client_close(4321)).await, (Some(4321), true));
+    // 1005 and 999 may not be sent on the wire: a protocol error.
+    assert_eq!(close_after(&hub, &client_close(1005)).await, (Some(1002), true));
+    assert_eq!(close_after(&hub, &client_close(999)).await, (Some(1002), true));
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn hub_connected_is_first_even_when_a_client_pings_right_after_the_handshake() {
+    let hub = TestHub::start(&[]).await;
+    let epoch = hub.client().await.hello["epoch"].as_str().expect("epoch").to_string();
+    // Half resume, so their hub:connected is the delayed reply of a history replay.
+    let clients = (0..50).map(|i| {
+        let path = if i % 2 == 0 { "/ws".to_string() } else { format!("/ws?since=0&epoch={epoch}") };
+        let url = hub.ws_url(&path);
+        async move {
+            let mut client = Client::connect(&url).await;
+            // Sent before anything is read: the hub may still be registering the connection.
+            client.send_json(json!({"type": "ping"})).await;
+            let first = client.next_json().await;
+            let second = client.next_json().await;
+            (first["type"].clone(), second["type"].clone())
+        }
+    });
+    for (first, second) in futures_util::future::join_all(clients).await {
+        assert_eq!((first.as_str(), second.as_str()), (Some("hub:connected"), Some("hub:pong")));
     }
     hub.stop().await;
 }

@@ -563,6 +563,7 @@ impl Hub {
             None => {
                 let frame = self.connected_frame(id, None, 0);
                 self.push_or_drop(id, Outbound::frame(frame));
+                self.mark_greeted(id);
             }
         }
     }
@@ -753,6 +754,13 @@ impl Hub {
         };
         if let Offer::Dropped(reason) = conn.push(out) {
             self.drop_conn(id, Some(reason));
+        }
+    }
+
+    /// Lets the connection's reader answer frames, now that `hub:connected` is queued first.
+    fn mark_greeted(&self, id: ConnId) {
+        if let Some(conn) = self.conns.get(&id) {
+            conn.shared.mark_greeted();
         }
     }
 

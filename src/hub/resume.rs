@@ -163,6 +163,7 @@ impl Hub {
                 events.push(Outbound::Event(delivery, index));
             }
         }
+        let connect = matches!(pending.kind, PendingKind::Connect);
         let reply = match &pending.kind {
             PendingKind::Connect => {
                 let newest = replay.events.last().map_or(0, |e| e.seq).max(replay.head);
@@ -174,6 +175,9 @@ impl Hub {
         items.push(Outbound::frame(reply));
         items.extend(events);
         self.push_reply_or_drop(id, items);
+        if connect {
+            self.mark_greeted(id);
+        }
         for (channel, resume) in deferred {
             self.subscribe(id, channel, resume);
         }
